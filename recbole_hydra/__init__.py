@@ -1,0 +1,11 @@
+"""recbole-hydra: Hydra (multi-head latent Mamba-2) and its baselines as RecBole models.
+
+Importing the package applies the RecBole compatibility shims (``recbole_hydra.compat``), so
+RecBole's own ``load_data_and_model`` and trainer work with plugin models and torch >= 2.6.
+"""
+
+__version__ = "0.1.0"
+
+from recbole_hydra.quick_start import run  # noqa: E402  (installs the compat shims)
+
+__all__ = ["run", "__version__"]

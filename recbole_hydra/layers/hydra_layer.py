@@ -1,0 +1,49 @@
+"""One Hydra layer (paper section 4.2): multi-head latent Mamba with RoPE gating, then SwiGLU."""
+
+import math
+
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_hydra.layers.ffn import SwiGLU
+from recbole_hydra.layers.mamba2 import MultiHeadLatentMamba2
+from recbole_hydra.layers.norms import RMSNorm
+from recbole_hydra.layers.rope import RotaryEmbedding
+
+
+class HydraLayer(nn.Module):
+    """``H -> H'`` for one layer, eq 5-12.
+
+    - input network (eq 5, 6): ``X = SiLU(W_X H~)`` split into v heads of size d_c, and
+      ``Z = RoPE(SiLU(W_Z H~))`` rotated inside each head; ``H~`` is ``H`` for the first layer and
+      ``RMSNorm(H)`` after it (pre-norm, section 4.2.1). W_X and W_Z are one fused projection.
+    - multi-head latent interaction (eq 7-9): v independent Mamba-2 blocks on the X heads, run as
+      one batched module; ``Y' = W_out((Y * Z) / sqrt(v)) + H``.
+    - FFN (eq 10-12): ``H_next = SwiGLU(RMSNorm(Y')) + Y'``.
+
+    ``hidden_dropout_prob`` drops the two residual branches; the paper names only the embedding
+    dropout (eq 3), so the default is 0.
+    """
+
+    def __init__(self, hidden_size, n_heads, head_size, ffn_inner_size, rope_base=10000.0,
+                 pre_norm=True, hidden_dropout_prob=0.0, **mamba_kwargs):
+        super().__init__()
+        self.n_heads, self.head_size = n_heads, head_size
+        latent = n_heads * head_size
+        self.input_norm = RMSNorm(hidden_size) if pre_norm else nn.Identity()
+        self.w_xz = nn.Linear(hidden_size, 2 * latent, bias=False)
+        self.rope = RotaryEmbedding(head_size, rope_base)
+        self.latent_mamba = MultiHeadLatentMamba2(n_heads, head_size, **mamba_kwargs)
+        self.w_out = nn.Linear(latent, hidden_size, bias=False)
+        self.ffn_norm = RMSNorm(hidden_size)
+        self.ffn = SwiGLU(hidden_size, ffn_inner_size)
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+
+    def forward(self, h, lengths=None):
+        """h: (b, l, hidden_size), right-padded; lengths: (b,) real lengths (for the SSM state)."""
+        b, l, _ = h.shape
+        x, z = F.silu(self.w_xz(self.input_norm(h))).chunk(2, dim=-1)  # eq 5, 6
+        z = self.rope(z.view(b, l, self.n_heads, self.head_size)).view(b, l, -1)
+        y = self.latent_mamba(x, lengths=lengths)  # eq 7, 8
+        y_res = self.dropout(self.w_out(y * z / math.sqrt(self.n_heads))) + h  # eq 9
+        return self.dropout(self.ffn(self.ffn_norm(y_res))) + y_res  # eq 10-12

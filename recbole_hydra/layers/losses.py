@@ -1,0 +1,71 @@
+"""Training objectives shared by every model in the package (Hydra paper section 5).
+
+``sampled_softmax_loss`` is eq 15: InfoNCE of a query against its positive item and a pool of
+negatives shared by the whole batch. ``full_softmax_loss`` is RecBole's CE over the whole item
+table. Both compute in float32 with logsumexp, so tau = 0.05 stays finite under bf16 autocast.
+"""
+
+import torch
+import torch.nn.functional as F
+
+SIMILARITIES = ("cosine", "dot")
+
+
+def _scores_space(x, similarity):
+    # With tau as small as 0.05, raw dot products overflow the softmax: HSTU and HLLM L2-normalise
+    # both sides (cosine), which bounds every logit to [-1/tau, 1/tau]. Half types (autocast)
+    # are scored in float32.
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return F.normalize(x, dim=-1) if similarity == "cosine" else x
+
+
+def similarity_scores(query, items, similarity):
+    """(N, d) x (M, d) -> (N, M) cosine or dot scores, in float32."""
+    return _scores_space(query, similarity) @ _scores_space(items, similarity).T
+
+
+def paired_similarity(query, items, similarity):
+    """(N, d), (N, d) -> (N,): the score of row i against item i."""
+    return (_scores_space(query, similarity) * _scores_space(items, similarity)).sum(-1)
+
+
+def sampled_softmax_loss(query, pos_emb, neg_emb, temperature, similarity="cosine", neg_mask=None):
+    """Mean over rows of ``-log softmax([q.p, q.n_1 .. q.n_K] / tau)[0]`` (eq 15).
+
+    query, pos_emb: (N, d), one row per predicted position. neg_emb: (K, d), negatives shared by
+    all rows. neg_mask: optional (N, K) bool, True where negative k must not count for row i
+    (it is the row's positive, or an item of the row's own sequence).
+    """
+    pos_logit = paired_similarity(query, pos_emb, similarity).unsqueeze(-1) / temperature
+    neg_logits = similarity_scores(query, neg_emb, similarity) / temperature
+    if neg_mask is not None:
+        neg_logits = neg_logits.masked_fill(neg_mask, float("-inf"))
+    logits = torch.cat([pos_logit, neg_logits], dim=-1)
+    return (torch.logsumexp(logits, dim=-1) - pos_logit.squeeze(-1)).mean()
+
+
+def full_softmax_loss(query, item_table, target, temperature=1.0, similarity="dot"):
+    """RecBole's CE: softmax over every item of the table (row 0, the padding item, included as
+    RecBole does), mean over rows. query (N, d), item_table (n_items, d), target (N,)."""
+    logits = similarity_scores(query, item_table, similarity) / temperature
+    return F.cross_entropy(logits, target)
+
+
+def sample_negatives(n_items, num_negatives, device, generator=None):
+    """``num_negatives`` item ids drawn uniformly with replacement from 1..n_items-1 (0 is padding)."""
+    return torch.randint(1, n_items, (num_negatives,), device=device, generator=generator)
+
+
+def history_membership(items, history):
+    """(B, K) bool: whether item k occurs in row b of ``history`` (B, L).
+
+    A sorted search, O(B (L log L + K log L)), instead of a (B, L, K) comparison. Padding (0) in
+    ``history`` never matches, as 0 is never sampled.
+    """
+    hist_sorted, _ = history.sort(dim=-1)
+    idx = torch.searchsorted(hist_sorted, items.expand(history.size(0), -1).contiguous())
+    found = hist_sorted.gather(-1, idx.clamp(max=hist_sorted.size(-1) - 1))
+    return found == items.unsqueeze(0)

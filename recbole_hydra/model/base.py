@@ -1,0 +1,117 @@
+"""What every model of the package shares: the training objective and RecBole's scoring methods.
+
+A subclass builds its layers and an ``item_embedding`` (``nn.Embedding(n_items, d, padding_idx=0)``)
+and implements ``forward(item_seq, item_seq_len, **inputs) -> (B, L, d)``, the hidden state at
+every position (right-padded, causal). This base turns that into RecBole's ``calculate_loss``,
+``predict`` and ``full_sort_predict``, with the choices of the config:
+
+- ``train_mode``: ``generative`` (every real position predicts the next item, eq 15; needs the
+  one-example-per-user data of ``GenerativeSequentialDataset``) or ``prefix`` (RecBole's: only the
+  last position of each prefix example predicts its target).
+- ``loss_type``: ``InfoNCE`` (sampled softmax, ``num_negatives`` uniform negatives shared by the
+  batch, optionally never from the user's own sequence) or ``CE`` (softmax over all items).
+- ``similarity`` (``cosine`` | ``dot``) and ``temperature``: used in training and in scoring, so
+  the ranking at evaluation is the one the model was trained for.
+"""
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_hydra.layers.losses import (
+    SIMILARITIES,
+    full_softmax_loss,
+    history_membership,
+    paired_similarity,
+    sample_negatives,
+    sampled_softmax_loss,
+    similarity_scores,
+)
+from recbole_hydra.data.dataset import TRAIN_MODES
+
+LOSS_TYPES = ("InfoNCE", "CE")
+
+
+class GenerativeSequentialRecommender(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.train_mode = config["train_mode"] or "generative"
+        self.loss_type = config["loss_type"]
+        self.similarity = config["similarity"] or "dot"
+        self.temperature = float(config["temperature"] or 1.0)
+        self.num_negatives = int(config["num_negatives"] or 0)
+        self.exclude_history_negatives = bool(config["exclude_history_negatives"])
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.loss_type == "InfoNCE" and self.num_negatives < 1:
+            raise ValueError("loss_type: InfoNCE needs num_negatives >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    # -- what subclasses may override -------------------------------------------------------
+    def _forward_inputs(self, interaction):
+        """Extra keyword inputs of ``forward`` taken from the batch (e.g. timestamps)."""
+        return {}
+
+    def _item_table(self):
+        """(n_items, d) representations of all items; row 0 is padding."""
+        return self.item_embedding.weight
+
+    # -- RecBole's interface ----------------------------------------------------------------
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len, **self._forward_inputs(interaction))
+        if self.train_mode == "generative":
+            targets = self._next_items(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+            row, col = targets.nonzero(as_tuple=True)
+            query, target = seq_output[row, col], targets[row, col]
+        else:
+            row = torch.arange(item_seq.size(0), device=item_seq.device)
+            query = self.gather_indexes(seq_output, item_seq_len - 1)
+            target = interaction[self.POS_ITEM_ID]
+        table = self._item_table()
+        if self.loss_type == "CE":
+            return full_softmax_loss(query, table, target, self.temperature, self.similarity)
+        negatives = sample_negatives(self.n_items, self.num_negatives, query.device)
+        neg_mask = target.unsqueeze(1) == negatives.unsqueeze(0)  # the positive is never a negative
+        if self.exclude_history_negatives:
+            neg_mask |= history_membership(negatives, item_seq)[row]
+        return sampled_softmax_loss(
+            query, table[target], table[negatives], self.temperature, self.similarity, neg_mask
+        )
+
+    def predict(self, interaction):
+        query = self._last_hidden(interaction)
+        items = self._item_table()[interaction[self.ITEM_ID]]
+        return paired_similarity(query, items, self.similarity) / self.temperature
+
+    def full_sort_predict(self, interaction):
+        query = self._last_hidden(interaction)
+        return similarity_scores(query, self._item_table(), self.similarity) / self.temperature
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _last_hidden(self, interaction):
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(
+            interaction[self.ITEM_SEQ], item_seq_len, **self._forward_inputs(interaction)
+        )
+        return self.gather_indexes(seq_output, item_seq_len - 1)
+
+    @staticmethod
+    def _next_items(item_seq, item_seq_len, last_target):
+        """(B, L) id of the item each position must predict; 0 where nothing is predicted.
+
+        Inside a right-padded window the next item of position t is ``item_seq[t + 1]``; the last
+        real position predicts the example's target, which RecBole keeps outside the window.
+        """
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        shifted = torch.nn.functional.pad(item_seq[:, 1:], (0, 1))
+        targets = torch.where(positions < (item_seq_len - 1).unsqueeze(1), shifted, 0)
+        return targets.scatter(1, (item_seq_len - 1).unsqueeze(1), last_target.unsqueeze(1))

@@ -1,0 +1,68 @@
+"""Hydra: multi-head latent Mamba-2 for sequential recommendation (Yuan 2025, arXiv 2504.07398)."""
+
+from torch import nn
+
+from recbole_hydra.layers.hydra_layer import HydraLayer
+from recbole_hydra.layers.norms import RMSNorm
+from recbole_hydra.model.base import GenerativeSequentialRecommender
+
+
+class Hydra(GenerativeSequentialRecommender):
+    r"""Item embedding -> Dropout -> RMSNorm (eq 3) -> ``n_layers`` Hydra layers (eq 5-12) -> the
+    hidden state at every position, scored against the tied item table (eq 13).
+
+    Choices beyond the paper and NOTES.md:
+    - ``head_size`` (d_c) defaults to ``hidden_size // n_heads``; the latent width ``n_heads *
+      head_size`` may differ from ``hidden_size`` (W_X, W_Z and W_out map between them).
+    - No final norm after the last layer: eq 13 scores the last layer's output directly.
+    - Candidates are the raw embedding rows ``E`` (eq 13, 15), not their dropout/RMSNorm view.
+    - Each latent head is a Mamba-2 block with ``ngroups = 1`` and one SSD head of width
+      ``expand * head_size`` unless ``ssd_headdim`` says otherwise.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        hidden_size = config["hidden_size"]
+        n_heads = config["n_heads"]
+        head_size = config["head_size"]
+        if head_size is None:
+            if hidden_size % n_heads:
+                raise ValueError(
+                    f"hidden_size ({hidden_size}) is not divisible by n_heads ({n_heads}): "
+                    "change one of them or set head_size explicitly"
+                )
+            head_size = hidden_size // n_heads
+        self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
+        self.emb_dropout = nn.Dropout(config["dropout_prob"])
+        self.emb_norm = RMSNorm(hidden_size)
+        self.layers = nn.ModuleList(
+            HydraLayer(
+                hidden_size,
+                n_heads,
+                head_size,
+                ffn_inner_size=config["ffn_inner_size"] or hidden_size,
+                rope_base=config["rope_base"] or 10000.0,
+                pre_norm=i > 0,
+                hidden_dropout_prob=config["hidden_dropout_prob"] or 0.0,
+                d_state=config["d_state"],
+                d_conv=config["d_conv"],
+                expand=config["expand"],
+                headdim=config["ssd_headdim"],
+                chunk_size=config["chunk_size"],
+                use_kernels=config["use_kernels"] is not False,
+            )
+            for i in range(config["n_layers"])
+        )
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # Embeddings as SASRec's (normal, std 0.02); the Mamba-2 blocks keep mamba-ssm's own
+        # initialisation, which their constructor sets.
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, item_seq, item_seq_len):
+        h = self.emb_norm(self.emb_dropout(self.item_embedding(item_seq)))
+        for layer in self.layers:
+            h = layer(h)
+        return h

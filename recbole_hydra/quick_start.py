@@ -1,0 +1,205 @@
+"""``run``: RecBole's ``run_recbole`` for plugin models and RecBole's own models alike.
+
+RecBole resolves models by name inside ``recbole.model`` only, so ``run_recbole(model=<class>)``
+and ``load_data_and_model`` cannot find a plugin model, and its ``create_dataset`` cannot pick a
+plugin dataset class. Here the name is looked up in the plugin registry first, then in RecBole;
+plugin models get ``GenerativeSequentialDataset`` and ``GenerativeTrainer``, RecBole's models get
+exactly what ``run_recbole`` would give them.
+"""
+
+import logging
+import os
+import sys
+import time
+from logging import getLogger
+from pathlib import Path
+
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+from recbole.utils import init_logger, init_seed
+
+from recbole_hydra import compat
+from recbole_hydra.data.dataset import GenerativeSequentialDataset
+from recbole_hydra.model import PLUGIN_MODELS, get_plugin_model
+from recbole_hydra.trainer import GenerativeTrainer
+
+PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
+
+
+class UsageError(ValueError):
+    """A problem with the user's input that one line can explain; the CLI prints it, exit 2."""
+
+
+def get_model(name):
+    """The model class called ``name``: a plugin model, else a RecBole model."""
+    if not isinstance(name, str):
+        return name
+    plugin = get_plugin_model(name)
+    if plugin is not None:
+        return plugin
+    try:
+        return recbole_get_model(name)
+    except ValueError:
+        raise UsageError(
+            f"unknown model {name!r}: use one of {', '.join(PLUGIN_MODELS)} or a RecBole model "
+            "name such as SASRec"
+        ) from None
+
+
+def is_plugin_model(model):
+    name = model if isinstance(model, str) else model.__name__
+    return name in PLUGIN_MODELS
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset``, with the generative dataset for plugin models."""
+    if is_plugin_model(config["model"]):
+        return GenerativeSequentialDataset(config)
+    return recbole_create_dataset(config)
+
+
+def get_trainer(config):
+    if is_plugin_model(config["model"]):
+        return GenerativeTrainer
+    return recbole_get_trainer(config["MODEL_TYPE"], config["model"])
+
+
+def config_files(model_name, dataset, config_file_list=None):
+    """The package's yaml for this model and dataset (when it has one), then the user's files."""
+    files = [PROPERTIES / "overall.yaml", PROPERTIES / f"{model_name}.yaml",
+             PROPERTIES / "dataset" / f"{dataset}.yaml"]
+    return [str(f) for f in files if f.exists()] + list(config_file_list or [])
+
+
+def make_config(model, dataset, config_file_list=None, config_dict=None):
+    model_class = get_model(model)
+    for f in config_file_list or []:
+        if not os.path.isfile(f):
+            raise UsageError(f"config file {f} does not exist")
+    config = Config(
+        model=model_class,
+        dataset=dataset,
+        config_file_list=config_files(model_class.__name__, dataset, config_file_list),
+        config_dict=config_dict,
+    )
+    check_config(config)
+    return config
+
+
+def check_config(config):
+    """Fail early, in one line, on what would otherwise fail deep inside RecBole."""
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    if max_len is not None and int(max_len) < 1:
+        raise UsageError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_len}")
+    dataset, data_path = config["dataset"], config["data_path"]
+    inter = os.path.join(data_path, f"{dataset}.inter")
+    if not os.path.isfile(inter):
+        raise UsageError(
+            f"dataset {dataset!r} has no atomic files: RecBole looks for {inter}. Put "
+            f"{dataset}.inter (and .item/.user if any) in {data_path}, set --data_path=DIR, or "
+            "for ml-1m run: python -m recbole_hydra.data.fetch ml-1m"
+        )
+    with open(inter, encoding="utf-8") as f:
+        header = [col.split(":")[0] for col in f.readline().rstrip("\n").split("\t")]
+    for key in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD"):
+        if config[key] and config[key] not in header:
+            raise UsageError(
+                f"{inter} has no {config[key]!r} column (its columns: {', '.join(header)}); "
+                f"sequential models need it: add the column or set {key}"
+            )
+
+
+def load_model(config, train_dataset):
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    return get_model(config["model"])(config, train_dataset).to(config["device"])
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
+    """Train and test ``model`` (a name or class) on ``dataset``; returns RecBole's result dict
+    plus ``model_file``, ``n_params``, ``epochs`` and ``history`` (per epoch: training seconds,
+    valid score and wall clock since training started)."""
+    config = make_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = load_model(config, train_data._dataset)
+    logger.info(model)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    trainer = get_trainer(config)(config, model)
+    history = _record_history(trainer)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "model_file": trainer.saved_model_file if saved else None,
+        "n_params": n_params,
+        "epochs": len(history),
+        "history": history,
+    }
+
+
+def _record_history(trainer):
+    """Time each training epoch and note each validation, without touching RecBole's loop."""
+    history, start = [], []
+    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        if not start:
+            start.append(time.perf_counter())
+        t0 = time.perf_counter()
+        loss = train_epoch(*args, **kwargs)
+        history.append({"train_s": time.perf_counter() - t0})
+        return loss
+
+    def noted_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        if history:
+            history[-1].update(valid_score=score, valid_result=dict(result),
+                               wall_s=time.perf_counter() - start[0])
+        return score, result
+
+    trainer._train_epoch, trainer._valid_epoch = timed_train_epoch, noted_valid_epoch
+    return history
+
+
+def evaluate_checkpoint(model_file, show_progress=True):
+    """Re-evaluate a saved checkpoint on its own valid and test split."""
+    if not os.path.isfile(model_file):
+        raise UsageError(f"checkpoint {model_file} does not exist")
+    checkpoint = compat.load_recbole_checkpoint(model_file, map_location="cpu")
+    config = checkpoint["config"]
+    config["device"] = torch.device("cpu") if not torch.cuda.is_available() else config["device"]
+    init_logger(config)
+    logging.getLogger().info(f"evaluating {model_file}")
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = load_model(config, train_data._dataset)
+    trainer = get_trainer(config)(config, model)
+    valid_result = trainer.evaluate(valid_data, load_best_model=True, model_file=model_file,
+                                    show_progress=show_progress)
+    test_result = trainer.evaluate(test_data, load_best_model=True, model_file=model_file,
+                                   show_progress=show_progress)
+    return {"best_valid_result": valid_result, "test_result": test_result, "model_file": model_file}
+
+
+compat.install(get_model=get_model, create_dataset=create_dataset)

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny RecBole datasets written by the tests, and a working directory per test
+(RecBole writes log/, saved/ and log_tensorboard/ into the current directory)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import recbole_hydra  # noqa: F401  (applies the RecBole compat shims)
+
+ML100K = Path(__import__("recbole").__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+
+
+def write_inter(root, name, rows, with_time=True):
+    """Write ``rows`` of (user, item, time) as RecBole atomic file ``root/name/name.inter``."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token\titem_id:token" + ("\ttimestamp:float" if with_time else "")
+    lines = [header] + [
+        "\t".join(str(v) for v in (row if with_time else row[:2])) for row in rows
+    ]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+def random_sequences(n_users, n_items, min_len, max_len, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for t in range(int(rng.integers(min_len, max_len + 1))):
+            rows.append((f"u{u}", f"i{int(rng.integers(n_items))}", 1000 * u + t))
+    return rows
+
+
+def ml100k_slice(root, n_users=60, name="ml-100k-slice"):
+    """The first ``n_users`` users of the ml-100k that ships inside RecBole."""
+    lines = ML100K.read_text().splitlines()
+    keep = sorted({line.split("\t")[0] for line in lines[1:]}, key=int)[:n_users]
+    keep = set(keep)
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    body = [line for line in lines[1:] if line.split("\t")[0] in keep]
+    (folder / f"{name}.inter").write_text("\n".join([lines[0]] + body) + "\n")
+    return str(root)
+
+
+def quiet_config(data_path, **overrides):
+    config = {
+        "data_path": data_path,
+        "show_progress": False,
+        "state": "ERROR",
+        "epochs": 1,
+        "seed": 7,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": "[0,inf)",
+        "item_inter_num_interval": "[0,inf)",
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yield

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from recbole_hydra.model.hydra import Hydra
+from tests.model_helpers import (
+    assert_causal,
+    assert_gradients_reach_every_parameter,
+    assert_padding_invariant,
+    build_model,
+    overfit_recall_at_1,
+)
+
+SMALL = dict(hidden_size=16, n_layers=2, n_heads=2, d_state=8, chunk_size=4, num_negatives=16,
+             dropout_prob=0.0)
+
+
+@pytest.fixture
+def hydra(tmp_path):
+    return build_model(tmp_path, "Hydra", **SMALL)
+
+
+def test_shapes(hydra):
+    model, train, _, _ = hydra
+    assert isinstance(model, Hydra)
+    batch = next(iter(train))
+    seq = batch[model.ITEM_SEQ]
+    assert model(seq, batch[model.ITEM_SEQ_LEN]).shape == (*seq.shape, 16)
+    assert model.full_sort_predict(batch).shape == (len(batch), model.n_items)
+    assert model.calculate_loss(batch).dim() == 0
+
+
+def test_causal(hydra):
+    assert_causal(hydra[0])
+
+
+def test_right_padding_invariant(hydra):
+    assert_padding_invariant(hydra[0])
+
+
+def test_gradients_flow_everywhere(hydra):
+    assert_gradients_reach_every_parameter(hydra[0], hydra[1])
+
+
+@pytest.mark.parametrize("loss_type,similarity", [("InfoNCE", "cosine"), ("CE", "dot")])
+def test_overfits_20_short_sequences(tmp_path, loss_type, similarity):
+    # 20 users with fixed short sequences; every training target ranked first after training
+    rows = [(f"u{u}", f"i{(u * 7 + t * 3) % 40}", t) for u in range(20) for t in range(6)]
+    temperature = 0.05 if similarity == "cosine" else 1.0
+    model, train, _, _ = build_model(
+        tmp_path, "Hydra", rows=rows, hidden_size=32, n_layers=1, n_heads=2, d_state=8,
+        chunk_size=4, dropout_prob=0.0, loss_type=loss_type, similarity=similarity,
+        temperature=temperature, num_negatives=64, exclude_history_negatives=False,
+        train_batch_size=20)
+    assert overfit_recall_at_1(model, train) >= 0.95
+
+
+def test_hidden_size_not_divisible_by_heads(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by n_heads"):
+        build_model(tmp_path, "Hydra", hidden_size=30, n_heads=4)
+
+
+def test_explicit_head_size_may_differ_from_hidden_size(tmp_path):
+    model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL, "head_size": 6})
+    batch = next(iter(train))
+    assert model(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]).shape[-1] == 16
