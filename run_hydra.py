@@ -14,6 +14,10 @@ import argparse
 import ast
 import os
 import sys
+import warnings
+
+# ray 2.6 (imported by RecBole) announces that pkg_resources is deprecated on every start.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
 def parse_args(argv):
@@ -55,6 +59,9 @@ def print_results(result, out=sys.stdout):
 
 def main(argv=None):
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_hydra import compat
+
+    compat.quiet_known_warnings()
     from recbole_hydra.quick_start import UsageError, evaluate_checkpoint, run
 
     try:

