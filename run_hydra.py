@@ -5,6 +5,8 @@
     python run_hydra.py --model=SASRec --dataset=ml-100k --epochs=5
     python run_hydra.py --config_files="my.yaml other.yaml" --hidden_size=128
     python run_hydra.py --checkpoint=saved/Hydra-....pth  # re-evaluate a saved model
+    python run_hydra.py --recommend --checkpoint=saved/Hydra-....pth --users=196,186 [--k=10]
+    python run_hydra.py --recommend --checkpoint=... --users=196 --replay=5   # event by event
 
 Flags are RecBole's: ``--model``, ``--dataset``, ``--config_files`` and any ``--key=value``
 config override. Bad input ends in one line on stderr and exit status 2.
@@ -28,6 +30,12 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--checkpoint", default=None, help="re-evaluate this saved model")
+    parser.add_argument("--recommend", action="store_true",
+                        help="with --checkpoint (Hydra): print top-k items for --users")
+    parser.add_argument("--users", default="", help="comma-separated user tokens for --recommend")
+    parser.add_argument("--k", type=int, default=10, help="how many items --recommend prints")
+    parser.add_argument("--replay", type=int, default=0,
+                        help="--recommend: feed each user's last N events one by one")
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -65,6 +73,15 @@ def main(argv=None):
     from recbole_hydra.quick_start import UsageError, evaluate_checkpoint, run
 
     try:
+        if args.recommend:
+            if not args.checkpoint or not args.users:
+                raise UsageError("--recommend needs --checkpoint=PATH and --users=U1,U2,...")
+            if not os.path.isfile(args.checkpoint):
+                raise UsageError(f"checkpoint {args.checkpoint} does not exist")
+            from recbole_hydra.serving import recommend
+
+            recommend(args.checkpoint, args.users.split(","), k=args.k, replay=args.replay)
+            return 0
         if args.checkpoint:
             result = evaluate_checkpoint(args.checkpoint)
         else:

@@ -39,11 +39,27 @@ class HydraLayer(nn.Module):
         self.ffn = SwiGLU(hidden_size, ffn_inner_size)
         self.dropout = nn.Dropout(hidden_dropout_prob)
 
-    def forward(self, h, lengths=None):
-        """h: (b, l, hidden_size), right-padded; lengths: (b,) real lengths (for the SSM state)."""
+    def forward(self, h, lengths=None, return_cache=False):
+        """h: (b, l, hidden_size), right-padded. With ``return_cache``, also the latent Mamba's
+        cache after position ``lengths - 1`` of each row (``lengths``: real lengths, (b,))."""
         b, l, _ = h.shape
         x, z = F.silu(self.w_xz(self.input_norm(h))).chunk(2, dim=-1)  # eq 5, 6
         z = self.rope(z.view(b, l, self.n_heads, self.head_size)).view(b, l, -1)
-        y = self.latent_mamba(x, lengths=lengths)  # eq 7, 8
+        y = self.latent_mamba(x, lengths=lengths, return_cache=return_cache)  # eq 7, 8
+        if return_cache:
+            y, cache = y
+        out = self._interact_and_ffn(h, y, z)
+        return (out, cache) if return_cache else out
+
+    def step(self, h_t, position, cache):
+        """One event: ``h_t (b, hidden_size)`` at ``position (b,)`` (0 = first item) and the
+        cache -> ``(output (b, hidden_size), new cache)``; O(1) in the history length."""
+        b = h_t.shape[0]
+        x, z = F.silu(self.w_xz(self.input_norm(h_t))).chunk(2, dim=-1)
+        z = self.rope(z.view(b, 1, self.n_heads, self.head_size), positions=position.view(b, 1))
+        y, cache = self.latent_mamba.step(x, cache)
+        return self._interact_and_ffn(h_t, y, z.view(b, -1)), cache
+
+    def _interact_and_ffn(self, h, y, z):
         y_res = self.dropout(self.w_out(y * z / math.sqrt(self.n_heads))) + h  # eq 9
         return self.dropout(self.ffn(self.ffn_norm(y_res))) + y_res  # eq 10-12

@@ -62,7 +62,27 @@ class Hydra(GenerativeSequentialRecommender):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, item_seq, item_seq_len):
-        h = self.emb_norm(self.emb_dropout(self.item_embedding(item_seq)))
+        h = self._embed(item_seq)
         for layer in self.layers:
             h = layer(h)
         return h
+
+    # -- streaming inference (recbole_hydra.serving) -------------------------------------------
+    def _embed(self, item_seq):
+        return self.emb_norm(self.emb_dropout(self.item_embedding(item_seq)))  # eq 3
+
+    def _forward_with_cache(self, item_seq, item_seq_len):
+        """``forward`` that also returns every layer's latent-Mamba cache after the last real item."""
+        h, caches = self._embed(item_seq), []
+        for layer in self.layers:
+            h, cache = layer(h, lengths=item_seq_len, return_cache=True)
+            caches.append(cache)
+        return h, caches
+
+    def _step(self, item_t, position, caches):
+        """One new item per row: ``item_t (b,)`` at ``position (b,)`` -> (hidden (b, d), caches)."""
+        h, new_caches = self._embed(item_t), []
+        for layer, cache in zip(self.layers, caches):
+            h, cache = layer.step(h, position, cache)
+            new_caches.append(cache)
+        return h, new_caches
