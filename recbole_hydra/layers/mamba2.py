@@ -1,0 +1,454 @@
+"""The Mamba-2 block, and Hydra's v latent Mamba-2 heads run as one batched block.
+
+``Mamba2`` follows mamba-ssm's ``mamba_ssm.modules.mamba2.Mamba2`` (same arguments, initialisation
+and parameter names, so its ``state_dict`` loads one of mamba-ssm's with ``rmsnorm=True``,
+``D_has_hdim=False``, ``d_ssm=None``, ``bias=False``):
+
+    u -> in_proj -> [z, xBC, dt_raw]
+    xBC -> causal depthwise conv1d (width d_conv) -> SiLU -> [x, B, C]
+    dt = softplus(dt_raw + dt_bias), A = -exp(A_log)
+    y = SSD(x, dt, A, B, C) + D x                       (see ``ssd.py``)
+    out = out_proj(RMSNorm(y * SiLU(z)))                (norm per group of d_inner // ngroups)
+
+``MultiHeadLatentMamba2`` is Hydra's multi-head latent interaction (paper eq 7-8): v independent
+Mamba-2 blocks of width ``d_head``, one per slice of the input, outputs concatenated, computed
+as one block whose projections are batched over heads, whose conv and SSD scan run over all
+heads' channels at once, and whose norm groups never straddle two heads.
+
+Inference cache (``Mamba2Cache``): ``conv_state (b, conv_dim, d_conv)``, the last ``d_conv``
+inputs of the conv (the x, B, C channels before the conv), oldest first, zeros before the
+sequence start; ``ssm_state (b, nheads, headdim, d_state)``. For the latent block ``conv_dim``
+and ``nheads`` count all heads: conv channels are x of all heads, then B, then C (the layout of one
+Mamba2 with all heads and groups), SSD heads head after head.
+"""
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import kernels
+from .norms import GatedRMSNorm
+from .ssd import ssd_scan, ssd_step
+
+__all__ = ["Mamba2", "MultiHeadLatentMamba2", "Mamba2Cache"]
+
+
+class Mamba2Cache(NamedTuple):
+    conv_state: Tensor  # (b, conv_dim, d_conv): last d_conv conv inputs, oldest first
+    ssm_state: Tensor  # (b, nheads, headdim, d_state)
+
+
+def _dt_bias_init(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, **factory) -> Tensor:
+    """softplus^-1 of dt ~ log-uniform in [dt_min, dt_max] (floored), as mamba-ssm."""
+    dt = torch.exp(torch.rand(nheads, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+
+
+def _A_log_init(nheads: int, A_init_range: Tuple[float, float], device=None, dtype=None) -> Tensor:
+    low, high = A_init_range
+    if not 0 < low <= high:
+        raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range}")
+    A = torch.empty(nheads, dtype=torch.float32, device=device).uniform_(low, high)
+    return torch.log(A).to(dtype=dtype)
+
+
+class _CausalConvSiLU(torch.autograd.Function):
+    """``SiLU(bias + sum_k w_k x_{t - (K-1) + k})``: causal depthwise conv over time, then SiLU.
+
+    ``x (b, l, *channels)`` (any strides), ``weight (*channels, K)``, ``bias (*channels)``. Channels
+    stay last (no transposes) and each tap is an in-place multiply-add, so each direction allocates
+    two tensors of x's size where the same ops under autograd allocate one per op: on CPU these
+    tensors are among the largest of the block and their first-touch page faults dominate.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        width, length = weight.shape[-1], x.shape[1]
+        pre = torch.addcmul(bias, x, weight[..., width - 1])  # the last tap reads x_t itself
+        for k in range(width - 1):
+            shift = width - 1 - k  # tap k reads x_{t - shift}
+            if shift < length:
+                pre[:, shift:].addcmul_(x[:, : length - shift], weight[..., k])
+        ctx.save_for_backward(x, weight, pre)
+        return F.silu(pre)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        x, weight, pre = ctx.saved_tensors
+        width, length = weight.shape[-1], x.shape[1]
+        grad_pre = torch.ops.aten.silu_backward(grad_out, pre)
+        tokens = (0, 1)
+        scratch = torch.empty_like(grad_pre)  # each tap's products, then grad_x
+        grad_weight = torch.zeros_like(weight)
+        for k in range(width):
+            shift = width - 1 - k
+            if shift < length:
+                products = torch.mul(grad_pre[:, shift:], x[:, : length - shift], out=scratch[:, shift:])
+                grad_weight[..., k] = products.sum(tokens)
+        grad_x = torch.mul(grad_pre, weight[..., width - 1], out=scratch)
+        for k in range(width - 1):
+            shift = width - 1 - k
+            if shift < length:
+                grad_x[:, : length - shift].addcmul_(grad_pre[:, shift:], weight[..., k])
+        return grad_x, grad_weight, grad_pre.sum(tokens)
+
+
+class _Mamba2Mixer(nn.Module):
+    """What ``Mamba2`` and ``MultiHeadLatentMamba2`` share: everything between the projections.
+
+    Both are ``n_blocks`` Mamba-2 blocks side by side (one for ``Mamba2``). Per block sizes:
+    ``d_inner_block``, ``nheads_block``, ``ngroups_block``; totals ``d_inner``, ``nheads``,
+    ``ngroups``. Subclasses define ``_project_in`` (``u (..., d_model)`` to ``z, x, B, C, dt``, each
+    ``(..., n_blocks, size per block)``) and ``_project_out`` (``(..., d_inner)`` to ``(..., d_model)``).
+    Channel order of the conv (and of ``conv_state``): x of all blocks, B of all blocks, C of all
+    blocks, each block after block, i.e. the layout of one Mamba2 with all the heads and groups.
+    """
+
+    n_blocks: int
+    d_model: int
+    d_inner_block: int
+    nheads_block: int
+    ngroups_block: int
+    headdim: int
+    d_state: int
+    d_conv: int
+    chunk_size: int
+    use_kernels: bool
+
+    def _init_mixer(self, A_init_range, dt_min, dt_max, dt_init_floor, device, dtype) -> None:
+        factory = {"device": device, "dtype": dtype}
+        self.d_inner = self.n_blocks * self.d_inner_block
+        self.nheads = self.n_blocks * self.nheads_block
+        self.ngroups = self.n_blocks * self.ngroups_block
+        self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1, bias=True, **factory
+        )
+        self.dt_bias = nn.Parameter(_dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory))
+        self.A_log = nn.Parameter(_A_log_init(self.nheads, A_init_range, device=device, dtype=dtype))
+        self.D = nn.Parameter(torch.ones(self.nheads, **factory))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # as mamba-ssm
+        # one norm group per B/C group of each block: never across two latent heads
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block, **factory)
+
+    def _project_in(self, u: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _project_out(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ---- pieces ---------------------------------------------------------------------------
+
+    def _A(self) -> Tensor:
+        # fp16/bf16 A_log would make A inexact: at least float32, as mamba-ssm
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+
+    def _conv_parts(self, t: Tensor) -> Tuple[Tensor, ...]:
+        """Split the conv's channel dimension (first of ``t``) into the x, B, C channels."""
+        return t.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state])
+
+    def _conv(self, x: Tensor, B: Tensor, C: Tensor) -> Tuple[Tensor, ...]:
+        """Causal depthwise conv over time + SiLU of x, B, C, each ``(b, l, n_blocks, channels)``.
+
+        Three calls (x, B and C, each over all blocks), not one over their concatenation: the three
+        stay separate tensors, so neither direction assembles a (b, l, conv_dim) tensor.
+        """
+        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, x)
+        weights = self._conv_parts(self.conv1d.weight.squeeze(1))  # (channels, d_conv) each
+        biases = self._conv_parts(self.conv1d.bias)
+        outs = []
+        for part, weight, bias in zip((x, B, C), weights, biases):
+            if conv_fn is not None:
+                flat = part.flatten(2).transpose(1, 2)  # (b, channels, l)
+                outs.append(conv_fn(flat, weight, bias, activation="silu").transpose(1, 2).reshape(part.shape))
+            else:
+                outs.append(_CausalConvSiLU.apply(part, weight.view(*part.shape[2:], -1), bias.view(part.shape[2:])))
+        return tuple(outs)
+
+    def _conv_state(self, parts: Sequence[Tensor], lengths: Optional[Tensor]) -> Tensor:
+        """The last ``d_conv`` conv inputs before position ``lengths`` (zeros before the start)."""
+        batch, length = parts[0].shape[:2]
+        device = parts[0].device
+        ends = torch.full((batch,), length, device=device) if lengths is None else lengths
+        index = ends[:, None] + torch.arange(self.d_conv, device=device)  # position end - d_conv + k ...
+        windows = []
+        for part in parts:
+            padded = F.pad(part.flatten(2), (0, 0, self.d_conv, 0))  # ... sits at end + k here
+            windows.append(padded.gather(1, index[:, :, None].expand(-1, -1, padded.shape[-1])))
+        return torch.cat(windows, dim=-1).transpose(1, 2).contiguous()
+
+    def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tuple[Tensor, Tensor]:
+        scan_fn = kernels.usable("mamba_chunk_scan_combined", self.use_kernels, x)
+        if scan_fn is not None:
+            return scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D, return_final_states=True)
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def forward(
+        self, u: Tensor, lengths: Optional[Tensor] = None, return_cache: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Mamba2Cache]]:
+        """``u (b, l, d_model)`` -> ``(b, l, d_model)``; with ``return_cache`` also the cache after it.
+
+        ``lengths (b,)``: for right-padded input, the number of real positions of each sequence.
+        Padded positions get ``dt = 0``, so they never move the SSM state, and (the conv being
+        causal) never reach a real position; the cache is the one after the last real position.
+        Outputs at padded positions are meaningless.
+        """
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
+        batch, length, _ = u.shape
+        z, x_in, B_in, C_in, dt_raw = self._project_in(u)
+        x, B, C = self._conv(x_in, B_in, C_in)
+        dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias)
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, batch, length, u.device)
+            is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
+            dt = dt.masked_fill(is_pad[:, :, None], 0.0)
+        y, ssm_state = self._scan(
+            x.reshape(batch, length, self.nheads, self.headdim),
+            dt,
+            self._A(),
+            B.reshape(batch, length, self.ngroups, self.d_state),
+            C.reshape(batch, length, self.ngroups, self.d_state),
+        )
+        y = self.norm(y.reshape(batch, length, self.d_inner), z.reshape(batch, length, self.d_inner))
+        out = self._project_out(y)
+        if not return_cache:
+            return out
+        return out, Mamba2Cache(self._conv_state((x_in, B_in, C_in), lengths), ssm_state)
+
+    def step(self, u_t: Tensor, cache: Mamba2Cache) -> Tuple[Tensor, Mamba2Cache]:
+        """One position: ``u_t (b, d_model)`` or ``(b, 1, d_model)`` and the cache before it ->
+        ``(y_t, cache after it)``, ``y_t`` shaped as ``u_t``. O(1) in the sequence length; the
+        given cache is not modified."""
+        one_step_dim = u_t.dim() == 3
+        if one_step_dim:
+            if u_t.shape[1] != 1:
+                raise ValueError(f"step takes one position, got u_t of shape {tuple(u_t.shape)}; use forward")
+            u_t = u_t[:, 0]
+        if u_t.dim() != 2 or u_t.shape[-1] != self.d_model:
+            raise ValueError(f"u_t must be (batch, {self.d_model}), got shape {tuple(u_t.shape)}")
+        batch = u_t.shape[0]
+        z, x, B, C, dt_raw = self._project_in(u_t)
+        xBC = torch.cat([x.flatten(1), B.flatten(1), C.flatten(1)], dim=-1)  # (b, conv_dim)
+        weight = self.conv1d.weight.squeeze(1)
+        conv_update = kernels.usable("causal_conv1d_update", self.use_kernels, u_t)
+        if conv_update is not None:
+            conv_state = cache.conv_state.clone()  # the kernel updates in place
+            xBC = conv_update(xBC, conv_state, weight, self.conv1d.bias, "silu")
+        else:
+            conv_state = torch.cat([cache.conv_state[:, :, 1:], xBC.unsqueeze(-1)], dim=-1)
+            xBC = F.silu(torch.einsum("bck,ck->bc", conv_state, weight) + self.conv1d.bias)
+        x, B, C = self._conv_parts(xBC.T)
+        x = x.T.reshape(batch, self.nheads, self.headdim)
+        B, C = (t.T.reshape(batch, self.ngroups, self.d_state) for t in (B, C))
+        dt = F.softplus(dt_raw.reshape(batch, self.nheads) + self.dt_bias)
+        A = self._A()
+        state_update = kernels.usable("selective_state_update", self.use_kernels, u_t)
+        if state_update is not None:
+            ssm_state = cache.ssm_state.clone()  # the kernel updates in place
+            p, n = self.headdim, self.d_state
+            y = state_update(
+                ssm_state, x, dt.unsqueeze(-1).expand(-1, -1, p), A.float()[:, None, None].expand(-1, p, n),
+                B, C, D=self.D.unsqueeze(-1).expand(-1, p),
+            )
+        else:
+            y, ssm_state = ssd_step(cache.ssm_state, x, dt, A, B, C, D=self.D)
+        out = self._project_out(self.norm(y.reshape(batch, self.d_inner), z.reshape(batch, self.d_inner)))
+        return (out.unsqueeze(1) if one_step_dim else out), Mamba2Cache(conv_state, ssm_state)
+
+    def init_cache(self, batch_size: int, device=None, dtype=None) -> Mamba2Cache:
+        """The cache before the first position (zeros)."""
+        device = self.D.device if device is None else device
+        dtype = self.D.dtype if dtype is None else dtype
+        return Mamba2Cache(
+            torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype),
+        )
+
+    @staticmethod
+    def _check_lengths(lengths: Tensor, batch: int, length: int, device) -> Tensor:
+        lengths = torch.as_tensor(lengths, device=device)
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},), one per sequence, got {tuple(lengths.shape)}")
+        if lengths.is_floating_point() or bool(((lengths < 0) | (lengths > length)).any()):
+            raise ValueError(f"lengths must be integers in [0, {length}] (real positions of right-padded input)")
+        return lengths.long()
+
+
+def _sizes(d_model: int, expand: int, headdim: int, ngroups: int, d_state: int, d_conv: int, chunk_size: int):
+    d_inner = expand * d_model
+    for name, value in (("d_model", d_model), ("expand", expand), ("headdim", headdim), ("ngroups", ngroups),
+                        ("d_state", d_state), ("d_conv", d_conv), ("chunk_size", chunk_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if d_inner % headdim != 0:
+        raise ValueError(
+            f"d_inner = expand * d_model = {d_inner} must be divisible by headdim ({headdim}); "
+            f"choose headdim among the divisors of {d_inner}"
+        )
+    nheads = d_inner // headdim
+    if nheads % ngroups != 0:
+        raise ValueError(
+            f"nheads = d_inner // headdim = {nheads} must be divisible by ngroups ({ngroups}); "
+            f"choose ngroups among the divisors of {nheads} (or a smaller headdim)"
+        )
+    return d_inner, nheads
+
+
+class Mamba2(_Mamba2Mixer):
+    """Mamba-2 block (mamba-ssm's ``Mamba2`` arguments, initialisation and parameter names).
+
+    ``use_kernels``: on CUDA, use mamba-ssm / causal-conv1d kernels when they are installed;
+    ``False`` forces the PyTorch path (which runs anywhere).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 256,
+        A_init_range: Tuple[float, float] = (1, 16),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        use_kernels: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.d_inner_block, self.nheads_block = _sizes(d_model, expand, headdim, ngroups, d_state, d_conv, chunk_size)
+        self.n_blocks, self.ngroups_block = 1, ngroups
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.headdim, self.chunk_size, self.use_kernels = headdim, chunk_size, use_kernels
+        self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
+        factory = {"device": device, "dtype": dtype}
+        # in_proj output order: [z, x, B, C, dt]
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
+
+    def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
+        sizes = [self.d_inner, self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state, self.nheads]
+        return tuple(t.unsqueeze(-2) for t in self.in_proj(u).split(sizes, dim=-1))
+
+    def _project_out(self, y: Tensor) -> Tensor:
+        return self.out_proj(y)
+
+
+class MultiHeadLatentMamba2(_Mamba2Mixer):
+    """Hydra's multi-head latent interaction (paper eq 7-8): ``n_heads`` Mamba-2 blocks of width
+    ``d_head``, each with its own parameters, run as one batched computation.
+
+    Input ``(b, l, n_heads * d_head)`` is the concatenation of the heads' inputs ``X_1..X_v``;
+    output ``(b, l, n_heads * d_head)`` is ``concat(Mamba2_1(X_1), ..., Mamba2_v(X_v))``. Each head
+    is a ``Mamba2(d_head, d_state, d_conv, expand, headdim, ngroups)``; ``headdim=None`` means
+    ``expand * d_head`` (one SSD head per latent head). Parameters, batched over heads:
+    ``in_proj_weight (v, d_head, d_in_proj)`` (columns ``[z, x, B, C, dt]`` as Mamba2's in_proj),
+    ``out_proj_weight (v, d_inner, d_head)``, both used as ``x @ W`` in one batched matmul; the
+    conv over the x channels of all heads, then B, then C; ``dt_bias``, ``A_log``, ``D`` and
+    ``norm.weight`` head after head. ``from_blocks`` builds one from v ``Mamba2`` blocks.
+
+    The default ``chunk_size=64`` was the fastest in the CPU sweep of
+    ``benchmarks/results/ssd_block.md``.
+    """
+
+    def __init__(
+        self,
+        n_heads: int,
+        d_head: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: Optional[int] = None,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        use_kernels: bool = True,
+        A_init_range: Tuple[float, float] = (1, 16),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(n_heads, int) or n_heads <= 0:
+            raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+        headdim = expand * d_head if headdim is None else headdim
+        self.d_inner_block, self.nheads_block = _sizes(d_head, expand, headdim, ngroups, d_state, d_conv, chunk_size)
+        self.n_blocks = self.n_heads = n_heads
+        self.d_head, self.ngroups_block = d_head, ngroups
+        self.d_model = n_heads * d_head
+        self.d_state, self.d_conv, self.expand, self.headdim = d_state, d_conv, expand, headdim
+        self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
+        factory = {"device": device, "dtype": dtype}
+        self.d_in_proj_block = 2 * self.d_inner_block + 2 * ngroups * d_state + self.nheads_block
+        self.in_proj_weight = nn.Parameter(torch.empty(n_heads, d_head, self.d_in_proj_block, **factory))
+        self.out_proj_weight = nn.Parameter(torch.empty(n_heads, self.d_inner_block, d_head, **factory))
+        # nn.Linear's default init, per head: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        nn.init.uniform_(self.in_proj_weight, -(d_head**-0.5), d_head**-0.5)
+        nn.init.uniform_(self.out_proj_weight, -(self.d_inner_block**-0.5), self.d_inner_block**-0.5)
+
+    @staticmethod
+    def _per_head_matmul(x: Tensor, weight: Tensor) -> Tensor:
+        """``(..., v, d_in) @ (v, d_in, d_out) -> (..., v, d_out)``: one bmm over heads, no copies
+        of x (its head slices are read in place as strided matrices)."""
+        lead = x.shape[:-2]
+        out = torch.bmm(x.reshape(-1, *x.shape[-2:]).transpose(0, 1), weight)  # (v, tokens, d_out)
+        return out.transpose(0, 1).unflatten(0, lead)
+
+    def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
+        proj = self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), self.in_proj_weight)
+        sizes = [self.d_inner_block, self.d_inner_block, self.ngroups_block * self.d_state,
+                 self.ngroups_block * self.d_state, self.nheads_block]
+        return proj.split(sizes, dim=-1)
+
+    def _project_out(self, y: Tensor) -> Tensor:
+        return self._per_head_matmul(y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight).flatten(-2)
+
+    @classmethod
+    def from_blocks(
+        cls, blocks: Sequence[Mamba2], chunk_size: Optional[int] = None, use_kernels: Optional[bool] = None
+    ) -> "MultiHeadLatentMamba2":
+        """The batched module computing ``concat(blocks[i](X_i))``, with the blocks' weights copied.
+
+        ``chunk_size``/``use_kernels`` default to the first block's.
+        """
+        blocks = list(blocks)
+        if not blocks or not all(isinstance(b, Mamba2) for b in blocks):
+            raise ValueError("from_blocks needs a non-empty sequence of Mamba2 blocks")
+        first = blocks[0]
+
+        def config(b):
+            return b.d_model, b.d_state, b.d_conv, b.expand, b.headdim, b.ngroups_block
+
+        if any(config(b) != config(first) for b in blocks):
+            raise ValueError("all blocks must share d_model, d_state, d_conv, expand, headdim and ngroups")
+        module = cls(
+            len(blocks), first.d_model, d_state=first.d_state, d_conv=first.d_conv, expand=first.expand,
+            headdim=first.headdim, ngroups=first.ngroups_block,
+            chunk_size=first.chunk_size if chunk_size is None else chunk_size,
+            use_kernels=first.use_kernels if use_kernels is None else use_kernels,
+            device=first.D.device, dtype=first.D.dtype,
+        )
+        with torch.no_grad():
+            module.in_proj_weight.copy_(torch.stack([b.in_proj.weight.T for b in blocks]))
+            module.out_proj_weight.copy_(torch.stack([b.out_proj.weight.T for b in blocks]))
+            for name in ("weight", "bias"):  # x of all heads, then B of all heads, then C
+                parts = [b._conv_parts(getattr(b.conv1d, name)) for b in blocks]
+                getattr(module.conv1d, name).copy_(torch.cat([p[i] for i in range(3) for p in parts]))
+            for name in ("dt_bias", "A_log", "D"):
+                getattr(module, name).copy_(torch.cat([getattr(b, name) for b in blocks]))
+            module.norm.weight.copy_(torch.cat([b.norm.weight for b in blocks]))
+        return module
