@@ -566,16 +566,16 @@ def drop_duplicates(users, items, ms, n_items) -> np.ndarray:
 
 def kcore(users, items, n_users, n_items, k, say=None) -> Tuple[np.ndarray, int]:
     """Indices of the rows left once every user and item has at least ``k`` of them (removing
-    rows until nothing changes), and the number of rounds."""
+    rows until nothing changes), and the number of rounds that removed rows."""
     rows = np.arange(len(users))
     u, i = users, items
     rounds = 0
     while True:
-        rounds += 1
         keep = ((np.bincount(u, minlength=n_users)[u] >= k)
                 & (np.bincount(i, minlength=n_items)[i] >= k))
         if keep.all():
             return rows, rounds
+        rounds += 1
         rows, u, i = rows[keep], u[keep], i[keep]
         if say is not None:
             say(f"{k}-core round {rounds}: {len(rows):,} rows left")
@@ -823,7 +823,8 @@ def summary(stats: dict, k: int = 5) -> str:
         + (f" ({', '.join(f'{n:,} {r}' for r, n in stats['malformed'].items())})"
            if malformed else "")
         + f", {stats['duplicates']:,} duplicates (same user, item, timestamp), "
-        f"{stats['kcore_dropped']:,} by the {k}-core filter ({stats['kcore_rounds']} rounds)",
+        f"{stats['kcore_dropped']:,} by the {k}-core filter ({stats['kcore_rounds']} "
+        f"round{'' if stats['kcore_rounds'] == 1 else 's'})",
         f"  kept {stats['interactions']:,} interactions of {stats['users']:,} users on "
         f"{stats['items']:,} items",
     ]
@@ -876,7 +877,9 @@ def main(argv=None) -> int:
 
     def say(message):
         if not args.quiet:
-            sys.stderr.write(f"amazon2023: {message}\n")
+            from tqdm import tqdm
+
+            tqdm.write(f"amazon2023: {message}", file=sys.stderr)  # above any progress bar
 
     previous = _interrupt_on_sigterm()
     try:
