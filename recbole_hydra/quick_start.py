@@ -23,6 +23,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole.utils import init_logger, init_seed
 
 from recbole_hydra import compat
+from recbole_hydra.data.amazon2023 import missing_dataset_hint
 from recbole_hydra.data.dataset import GenerativeSequentialDataset
 from recbole_hydra.model import PLUGIN_MODELS, get_plugin_model
 from recbole_hydra.trainer import GenerativeTrainer
@@ -113,6 +114,9 @@ def check_config(config):
     dataset, data_path = config["dataset"], config["data_path"]
     inter = os.path.join(data_path, f"{dataset}.inter")
     if not os.path.isfile(inter):
+        hint = missing_dataset_hint(dataset, data_path)  # raw files to get and the converter command
+        if hint is not None:
+            raise UsageError(hint)
         raise UsageError(
             f"dataset {dataset!r} has no atomic files: RecBole looks for {inter}. Put "
             f"{dataset}.inter (and .item/.user if any) in {data_path}, set --data_path=DIR, or "
