@@ -63,6 +63,12 @@ class GenerativeSequentialRecommender(SequentialRecommender):
         """(n_items, d) representations of all items; row 0 is padding."""
         return self.item_embedding.weight
 
+    def _item_vectors(self, item_ids):
+        """Representations of ``item_ids`` (any shape) -> (*shape, d). Training asks only for the
+        items of the step (positives and negatives at once), so an expensive item encoder can
+        encode each distinct item once."""
+        return self.item_embedding(item_ids)
+
     # -- RecBole's interface ----------------------------------------------------------------
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
@@ -76,20 +82,19 @@ class GenerativeSequentialRecommender(SequentialRecommender):
             row = torch.arange(item_seq.size(0), device=item_seq.device)
             query = self.gather_indexes(seq_output, item_seq_len - 1)
             target = interaction[self.POS_ITEM_ID]
-        table = self._item_table()
         if self.loss_type == "CE":
-            return full_softmax_loss(query, table, target, self.temperature, self.similarity)
+            return full_softmax_loss(query, self._item_table(), target, self.temperature, self.similarity)
         negatives = sample_negatives(self.n_items, self.num_negatives, query.device)
         neg_mask = target.unsqueeze(1) == negatives.unsqueeze(0)  # the positive is never a negative
         if self.exclude_history_negatives:
             neg_mask |= history_membership(negatives, item_seq)[row]
-        return sampled_softmax_loss(
-            query, table[target], table[negatives], self.temperature, self.similarity, neg_mask
-        )
+        pos_emb, neg_emb = self._item_vectors(torch.cat([target, negatives])).split(
+            [len(target), len(negatives)])
+        return sampled_softmax_loss(query, pos_emb, neg_emb, self.temperature, self.similarity, neg_mask)
 
     def predict(self, interaction):
         query = self._last_hidden(interaction)
-        items = self._item_table()[interaction[self.ITEM_ID]]
+        items = self._item_vectors(interaction[self.ITEM_ID])
         return paired_similarity(query, items, self.similarity) / self.temperature
 
     def full_sort_predict(self, interaction):

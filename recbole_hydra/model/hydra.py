@@ -67,10 +67,10 @@ class Hydra(GenerativeSequentialRecommender):
             h = layer(h)
         return h
 
-    # -- streaming inference (recbole_hydra.serving) -------------------------------------------
     def _embed(self, item_seq):
-        return self.emb_norm(self.emb_dropout(self.item_embedding(item_seq)))  # eq 3
+        return self.emb_norm(self.emb_dropout(self._item_vectors(item_seq)))  # eq 3
 
+    # -- streaming inference (recbole_hydra.serving) -------------------------------------------
     def _forward_with_cache(self, item_seq, item_seq_len):
         """``forward`` that also returns every layer's latent-Mamba cache after the last real item."""
         h, caches = self._embed(item_seq), []
