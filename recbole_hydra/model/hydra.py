@@ -3,13 +3,17 @@
 from torch import nn
 
 from recbole_hydra.layers.hydra_layer import HydraLayer
+from recbole_hydra.layers.item_llm import ItemLLMEncoder
 from recbole_hydra.layers.norms import RMSNorm
 from recbole_hydra.model.base import GenerativeSequentialRecommender
 
 
+ITEM_MODELS = ("embedding", "llm")
+
+
 class Hydra(GenerativeSequentialRecommender):
-    r"""Item embedding -> Dropout -> RMSNorm (eq 3) -> ``n_layers`` Hydra layers (eq 5-12) -> the
-    hidden state at every position, scored against the tied item table (eq 13).
+    r"""Item embedding (or item LLM) -> Dropout -> RMSNorm (eq 3) -> ``n_layers`` Hydra layers
+    (eq 5-12) -> the hidden state at every position, scored against the tied item table (eq 13).
 
     Choices beyond the paper and NOTES.md:
     - ``head_size`` (d_c) defaults to ``hidden_size // n_heads``; the latent width ``n_heads *
@@ -18,6 +22,12 @@ class Hydra(GenerativeSequentialRecommender):
     - Candidates are the raw embedding rows ``E`` (eq 13, 15), not their dropout/RMSNorm view.
     - Each latent head is a Mamba-2 block with ``ngroups = 1`` and one SSD head of width
       ``expand * head_size`` unless ``ssd_headdim`` says otherwise.
+
+    ``item_model: llm`` (section 4.1.2): H0 comes from an LLM reading each item's text
+    (``recbole_hydra.layers.item_llm.ItemLLMEncoder``) instead of an ID embedding; candidates are
+    then the encoder's H0 rows. Each training step runs inside the encoder's ``step()``, so each
+    distinct item (input, positive, negative) is encoded once; in eval mode the encoder's item
+    table is computed once and reused.
     """
 
     def __init__(self, config, dataset):
@@ -32,7 +42,11 @@ class Hydra(GenerativeSequentialRecommender):
                     "change one of them or set head_size explicitly"
                 )
             head_size = hidden_size // n_heads
-        self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
+        self.item_model = config["item_model"] or "embedding"
+        if self.item_model not in ITEM_MODELS:
+            raise ValueError(f"item_model must be one of {ITEM_MODELS}, got {self.item_model!r}")
+        if self.item_model == "embedding":
+            self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
         self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.emb_norm = RMSNorm(hidden_size)
         self.layers = nn.ModuleList(
@@ -54,12 +68,31 @@ class Hydra(GenerativeSequentialRecommender):
             for i in range(config["n_layers"])
         )
         self.apply(self._init_weights)
+        # Built after the initialisation above, which would overwrite the LLM's embeddings.
+        self.item_encoder = (ItemLLMEncoder.from_config(config, dataset, hidden_size)
+                             if self.item_model == "llm" else None)
 
     def _init_weights(self, module):
         # Embeddings as SASRec's (normal, std 0.02); the Mamba-2 blocks keep mamba-ssm's own
         # initialisation, which their constructor sets.
         if isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
+
+    def _item_vectors(self, item_ids):
+        if self.item_encoder is None:
+            return super()._item_vectors(item_ids)
+        return self.item_encoder(item_ids)
+
+    def _item_table(self):
+        if self.item_encoder is None:
+            return super()._item_table()
+        return self.item_encoder.table()
+
+    def calculate_loss(self, interaction):
+        if self.item_encoder is None:
+            return super().calculate_loss(interaction)
+        with self.item_encoder.step():  # inputs, positives and negatives: each item encoded once
+            return super().calculate_loss(interaction)
 
     def forward(self, item_seq, item_seq_len):
         h = self._embed(item_seq)
