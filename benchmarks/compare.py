@@ -61,33 +61,41 @@ def hardware():
 
 
 def run_all(args, overrides):
-    runs = []
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recbole-hydra-compare-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = [(m, s) for m in args.models for s in range(args.seeds)]
-    for i, (model, seed) in enumerate(plan, 1):
-        config = {"seed": 2020 + seed, "show_progress": False,
-                  "data_path": os.path.abspath(args.data_path), **overrides}
-        if args.time_budget:
-            config["time_budget_s"] = args.time_budget * 60
-        spec = {"model": model, "dataset": args.dataset, "config": config}
-        log = logs / f"{model}-{seed}.log"
-        print(f"[{i}/{len(plan)}] {model} seed {seed} ... (log: {log})", flush=True)
-        t0 = time.perf_counter()
-        with open(log, "w") as err:
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                  stdout=subprocess.PIPE, stderr=err, text=True, cwd=workdir)
-        if proc.returncode != 0:
-            print(f"    failed (exit {proc.returncode}); see {log}", flush=True)
-            runs.append({"model": model, "seed": seed, "failed": True})
-            continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result.update(model=model, seed=seed, total_s=time.perf_counter() - t0)
-        runs.append(result)
-        print(f"    {result['epochs']} epochs in {result['total_s']:.0f} s, test NDCG@10 "
-              f"{result['test_result']['ndcg@10']:.4f}", flush=True)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    pending, running, runs = list(enumerate(plan, 1)), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            i, (model, seed) = pending.pop(0)
+            config = {"seed": 2020 + seed, "show_progress": False,
+                      "data_path": os.path.abspath(args.data_path), **overrides}
+            if args.time_budget:
+                config["time_budget_s"] = args.time_budget * 60
+            spec = {"model": model, "dataset": args.dataset, "config": config}
+            log = workdir / "logs" / f"{model}-{seed}.log"
+            print(f"[{i}/{len(plan)}] {model} seed {seed} started (log: {log})", flush=True)
+            proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                    stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+                                    cwd=workdir, env=env)
+            running.append((proc, model, seed, log, time.perf_counter()))
+        time.sleep(1)
+        for item in [r for r in running if r[0].poll() is not None]:
+            running.remove(item)
+            proc, model, seed, log, t0 = item
+            out = proc.stdout.read()
+            if proc.returncode != 0:
+                print(f"    {model} seed {seed} failed (exit {proc.returncode}); see {log}", flush=True)
+                runs.append({"model": model, "seed": seed, "failed": True})
+                continue
+            result = json.loads(out.strip().splitlines()[-1])
+            result.update(model=model, seed=seed, total_s=time.perf_counter() - t0)
+            runs.append(result)
+            print(f"    {model} seed {seed}: {result['epochs']} epochs in {result['total_s']:.0f} s, "
+                  f"test NDCG@10 {result['test_result']['ndcg@10']:.4f}", flush=True)
     return runs
 
 
@@ -136,7 +144,8 @@ def time_to_reach(runs, model, target):
 def write_markdown(path, args, rows, runs, command):
     lines = [f"# {args.dataset}: {', '.join(args.models)}", "",
              f"Command: `{command}`  ", f"Hardware: {hardware()}  ",
-             f"Date: {time.strftime('%Y-%m-%d')}  ",
+             f"Date: {time.strftime('%Y-%m-%d')}; {args.jobs} run(s) at a time, "
+             f"{args.threads or 'default'} thread(s) each  ",
              "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
              "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
              f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.", ""]
@@ -206,6 +215,8 @@ def main():
     parser.add_argument("--data_path", default="dataset")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--workdir", default=None, help="where runs write saved/ and log/ (default: a temp dir)")
     args = parser.parse_args()
     if args.worker:

@@ -1,0 +1,173 @@
+"""Training-step time and peak memory against sequence length, tokens per step held constant.
+
+    python benchmarks/scaling.py [--models Hydra,SASRec,HSTU,Mamba4Rec] \
+        [--lengths 64,256,1024,4096,16384] [--tokens 16384] [--timeout 300] [--mem-gb 16]
+
+Every (model, length) point runs in a fresh process: batch = tokens // length sequences of
+``length`` real items (ml-1m's 3706 items), each model's default yaml with
+``MAX_ITEM_LIST_LENGTH = length`` and its own objective (Hydra/HSTU: generative InfoNCE over every
+position; SASRec/Mamba4Rec: last-position CE, their defaults). It times forward + backward +
+AdamW step (median of ``--repeats`` after one warm-up) and reads the process's peak RSS. A point
+that passes ``--timeout`` seconds or ``--mem-gb`` of address space is reported as out of time /
+memory, and longer lengths of that model are skipped. Writes ``benchmarks/results/scaling.md``
+and ``scaling.png`` (log-log).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+N_ITEMS = 3706  # ml-1m
+
+
+def point(model_name, length, tokens, repeats):
+    """One measurement in this process; prints a JSON line."""
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(REPO))
+    import torch
+    from recbole.config import Config
+    from recbole.data.interaction import Interaction
+
+    from recbole_hydra.quick_start import config_files, get_model
+    from recbole_hydra.serving import _ItemCount
+
+    torch.manual_seed(0)
+    cls = get_model(model_name)
+    config = Config(model=cls, dataset="ml-1m", config_file_list=config_files(cls.__name__, "ml-1m"),
+                    config_dict={"MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None})
+    model = cls(config, _ItemCount(N_ITEMS))
+    model.train()
+    batch = max(1, tokens // length)
+    seq = torch.randint(1, N_ITEMS, (batch, length))
+    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.full((batch,), length),
+             model.POS_ITEM_ID: torch.randint(1, N_ITEMS, (batch,))}
+    times = torch.arange(length, dtype=torch.float32).expand(batch, -1) * 3600
+    inter.update({"timestamp_list": times, "timestamp": times[:, -1] + 3600})
+    inter = Interaction(inter)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad()
+        model.calculate_loss(inter).backward()
+        optimizer.step()
+
+    step()
+    measured = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        measured.append(time.perf_counter() - t0)
+    print(json.dumps({"step_s": statistics.median(measured), "batch": batch,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "params": sum(p.numel() for p in model.parameters())}))
+
+
+def run_point(model, length, args):
+    def limit():
+        cap = int(args.mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    cmd = [sys.executable, __file__, "--point", model, str(length), str(args.tokens), str(args.repeats)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                              preexec_fn=limit, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": f"out of time (> {args.timeout} s)"}
+    if proc.returncode != 0:
+        memory = "memory" in proc.stderr.lower() or "alloc" in proc.stderr.lower() or proc.returncode < 0
+        return {"status": f"out of memory (> {args.mem_gb} GB)" if memory else
+                f"failed: {proc.stderr.strip().splitlines()[-1][:120] if proc.stderr.strip() else proc.returncode}"}
+    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def cpu_name():
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--point", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="Hydra,SASRec,HSTU,Mamba4Rec")
+    parser.add_argument("--lengths", default="64,256,1024,4096,16384")
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--mem-gb", type=float, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    if args.point:
+        model, length, tokens, repeats = args.point
+        return point(model, int(length), int(tokens), int(repeats))
+    models = args.models.split(",")
+    lengths = [int(n) for n in args.lengths.split(",")]
+    results = {}
+    for model in models:
+        for length in lengths:
+            if results.get((model, "stopped")):
+                results[(model, length)] = {"status": "skipped (a shorter length failed)"}
+                continue
+            r = run_point(model, length, args)
+            results[(model, length)] = r
+            if r["status"] != "ok":
+                results[(model, "stopped")] = True
+            shown = (f"{r['step_s'] * 1000:.0f} ms/step, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok"
+                     else r["status"])
+            print(f"{model} L={length}: {shown}", flush=True)
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# Scaling: training step against sequence length", "",
+          f"Command: `python benchmarks/scaling.py {' '.join(sys.argv[1:])}`  ",
+          f"Hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"OMP_NUM_THREADS={args.threads or 'default'}  ",
+          f"{args.tokens} tokens per step (batch = tokens / length), {N_ITEMS} items, each model's "
+          "default yaml and objective; forward + backward + AdamW step, median of "
+          f"{args.repeats}; peak RSS of the whole process (includes ~0.5 GB of imports).", "",
+          "| model | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for model in models:
+        cells = []
+        for n in lengths:
+            r = results[(model, n)]
+            cells.append(f"{r['step_s'] * 1000:.0f} ms, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok" else r["status"])
+        md.append(f"| {model} | " + " | ".join(cells) + " |")
+    (out / "scaling.md").write_text("\n".join(md) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for model in models:
+        ok = [(n, results[(model, n)]) for n in lengths if results[(model, n)]["status"] == "ok"]
+        if ok:
+            ax_t.plot([n for n, _ in ok], [r["step_s"] * 1000 for _, r in ok], marker="o", label=model)
+            ax_m.plot([n for n, _ in ok], [r["peak_rss_mb"] for _, r in ok], marker="o", label=model)
+    for ax, label in ((ax_t, "training step (ms)"), (ax_m, "peak RSS (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"sequence length ({args.tokens} tokens per step)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    print((out / "scaling.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
