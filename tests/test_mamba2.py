@@ -264,3 +264,66 @@ def test_norms():
     assert close(rms(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
     with pytest.raises(ValueError, match="group_size"):
         GatedRMSNorm(8, group_size=3)
+
+
+# ---- the CUDA-kernel glue, with stand-ins that follow the kernels' reference semantics -------------
+
+
+def _fake_causal_conv1d_fn(x, weight, bias=None, activation=None):
+    assert x.dim() == 3 and weight.dim() == 2 and activation == "silu"
+    width = weight.shape[1]
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(out)
+
+
+def _fake_causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    assert x.dim() == 2 and conv_state.shape[:2] == x.shape and activation == "silu"
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1))  # in place, as the kernel
+    return F.silu((conv_state * weight).sum(-1) + bias)
+
+
+def _fake_chunk_scan(x, dt, A, B, C, chunk_size, D=None, return_final_states=False):
+    assert A.dtype == torch.float32 and x.stride(-1) == 1
+    from recbole_hydra.layers.ssd import ssd_scan
+
+    y, final = ssd_scan(x, dt, A.to(x.dtype), B, C, chunk_size, D=D)
+    return (y, final) if return_final_states else y
+
+
+def _fake_state_update(state, x, dt, A, B, C, D=None):
+    assert dt.shape == x.shape and A.shape == state.shape[1:] and D.shape == x.shape[1:]
+    heads_per_group = x.shape[1] // B.shape[1]
+    B, C = (t.repeat_interleave(heads_per_group, 1).unsqueeze(2) for t in (B, C))  # (b, h, 1, n)
+    state.copy_(state * torch.exp(dt.unsqueeze(-1) * A.to(dt.dtype)) + (dt * x).unsqueeze(-1) * B)
+    return (state * C).sum(-1) + D * x
+
+
+FAKES = {"causal_conv1d_fn": _fake_causal_conv1d_fn, "causal_conv1d_update": _fake_causal_conv1d_update,
+         "mamba_chunk_scan_combined": _fake_chunk_scan, "selective_state_update": _fake_state_update}
+
+
+@pytest.mark.parametrize("name", ["mamba2", "latent_multihead"])
+def test_kernel_path_glue_matches_pytorch_path(name, monkeypatch):
+    reference = BLOCKS[name]()
+    block = BLOCKS[name](use_kernels=True)
+    block.load_state_dict(reference.state_dict())
+    reference.use_kernels = False
+    calls = []
+
+    def fake_usable(kernel, enabled, tensor):
+        calls.append(kernel)
+        return FAKES[kernel] if enabled else None
+
+    monkeypatch.setattr(kernels, "usable", fake_usable)
+    u = inputs(block)
+    tol = 1e-6  # the kernel path passes A in float32, as mamba-ssm does
+    y, cache = block(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
+    y_ref, cache_ref = reference(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
+    assert close(y[0], y_ref[0], tol) and close(y[1, :6], y_ref[1, :6], tol)
+    assert close(cache.ssm_state, cache_ref.ssm_state, tol) and close(cache.conv_state, cache_ref.conv_state)
+    before = cache.conv_state.clone(), cache.ssm_state.clone()
+    y_t, _ = block.step(u[:, 9], cache)
+    y_t_ref, _ = reference.step(u[:, 9], cache_ref)
+    assert close(y_t, y_t_ref, tol)
+    assert torch.equal(cache.conv_state, before[0]) and torch.equal(cache.ssm_state, before[1])  # not modified
+    assert set(calls) == set(FAKES)

@@ -60,42 +60,46 @@ class _CausalConvSiLU(torch.autograd.Function):
     """``SiLU(bias + sum_k w_k x_{t - (K-1) + k})``: causal depthwise conv over time, then SiLU.
 
     ``x (b, l, *channels)`` (any strides), ``weight (*channels, K)``, ``bias (*channels)``. Channels
-    stay last (no transposes) and each tap is an in-place multiply-add, so each direction allocates
-    two tensors of x's size where the same ops under autograd allocate one per op: on CPU these
-    tensors are among the largest of the block and their first-touch page faults dominate.
+    stay last (no transposes): x is copied once, left-padded with K-1 zeros, and every tap is a
+    multiply-add of a shifted full-length view of that copy. Written out by hand because the same
+    ops under autograd allocate a tensor of x's size per op, and on CPU these (the B and C
+    channels: 2 * ngroups * d_state per token) are the largest tensors of the block.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         width, length = weight.shape[-1], x.shape[1]
-        pre = torch.addcmul(bias, x, weight[..., width - 1])  # the last tap reads x_t itself
-        for k in range(width - 1):
-            shift = width - 1 - k  # tap k reads x_{t - shift}
-            if shift < length:
-                pre[:, shift:].addcmul_(x[:, : length - shift], weight[..., k])
-        ctx.save_for_backward(x, weight, pre)
+        padded = x.new_empty(x.shape[0], length + width - 1, *x.shape[2:])
+        padded[:, : width - 1] = 0.0
+        padded[:, width - 1 :] = x
+        pre = torch.addcmul(bias, padded[:, :length], weight[..., 0])
+        for k in range(1, width):
+            pre.addcmul_(padded[:, k : k + length], weight[..., k])  # tap k reads x_{t - (K-1) + k}
+        ctx.save_for_backward(padded, weight, pre)
         return F.silu(pre)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        x, weight, pre = ctx.saved_tensors
-        width, length = weight.shape[-1], x.shape[1]
-        grad_pre = torch.ops.aten.silu_backward(grad_out, pre)
-        tokens = (0, 1)
-        scratch = torch.empty_like(grad_pre)  # each tap's products, then grad_x
-        grad_weight = torch.zeros_like(weight)
-        for k in range(width):
-            shift = width - 1 - k
-            if shift < length:
-                products = torch.mul(grad_pre[:, shift:], x[:, : length - shift], out=scratch[:, shift:])
-                grad_weight[..., k] = products.sum(tokens)
-        grad_x = torch.mul(grad_pre, weight[..., width - 1], out=scratch)
-        for k in range(width - 1):
-            shift = width - 1 - k
-            if shift < length:
-                grad_x[:, : length - shift].addcmul_(grad_pre[:, shift:], weight[..., k])
-        return grad_x, grad_weight, grad_pre.sum(tokens)
+        padded, weight, pre = ctx.saved_tensors
+        width, length = weight.shape[-1], pre.shape[1]
+        channels = pre.shape[2:]
+        # gradient w.r.t. pre-activations, right-padded with K-1 zeros for the transposed conv
+        grad_pre_padded = pre.new_empty(pre.shape[0], length + width - 1, *channels)
+        grad_pre_padded[:, length:] = 0.0
+        grad_pre = grad_pre_padded[:, :length]
+        torch.ops.aten.silu_backward.grad_input(grad_out, pre, grad_input=grad_pre)
+        scratch = torch.empty_like(pre)
+        grad_weight = torch.empty_like(weight)
+        for k in range(width):  # dL/dw_k = sum over (b, t) of grad_pre_t * x_{t - (K-1) + k}
+            torch.mul(grad_pre, padded[:, k : k + length], out=scratch)
+            grad_weight[..., k] = scratch.view(-1, *channels).sum(0)
+        # dL/dx_t = sum_k w_k grad_pre_{t + (K-1) - k}: the conv transposed
+        grad_x = torch.mul(grad_pre_padded[:, width - 1 :], weight[..., 0], out=scratch)
+        for k in range(1, width):
+            grad_x.addcmul_(grad_pre_padded[:, width - 1 - k : width - 1 - k + length], weight[..., k])
+        grad_bias = grad_pre_padded.view(-1, *channels).sum(0)  # (the padding adds zeros)
+        return grad_x, grad_weight, grad_bias
 
 
 class _Mamba2Mixer(nn.Module):
@@ -166,7 +170,8 @@ class _Mamba2Mixer(nn.Module):
         for part, weight, bias in zip((x, B, C), weights, biases):
             if conv_fn is not None:
                 flat = part.flatten(2).transpose(1, 2)  # (b, channels, l)
-                outs.append(conv_fn(flat, weight, bias, activation="silu").transpose(1, 2).reshape(part.shape))
+                out = conv_fn(flat, weight, bias, activation="silu").transpose(1, 2)  # (b, l, channels)
+                outs.append(out.contiguous().view(part.shape))  # channels last, as the scan kernel wants
             else:
                 outs.append(_CausalConvSiLU.apply(part, weight.view(*part.shape[2:], -1), bias.view(part.shape[2:])))
         return tuple(outs)

@@ -52,13 +52,15 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
 def segsum(a: Tensor) -> Tensor:
     """``out[..., i, j] = a[..., j+1] + ... + a[..., i]`` for ``i >= j``, ``-inf`` above the diagonal.
 
-    The stable segment sum of the SSD paper's Listing 1: summing the masked terms directly (a
-    cumulative sum down each column) instead of differencing two long cumulative sums, whose
-    cancellation loses precision once the sums grow large. ``exp(segsum(a))`` is the decay mask L.
+    ``exp(segsum(a))`` is the decay mask L of the SSD paper (``L_ij`` = decay from j to i). The
+    stable segment sum of its Listing 1: the masked terms are summed directly instead of
+    differencing two cumulative sums, whose cancellation loses precision once the sums grow;
+    ``-inf`` is set before any ``exp``, so no ``inf * 0`` appears in the backward pass. Built as
+    its transpose so that the cumulative sum runs along the contiguous dimension.
     """
     q = a.shape[-1]
     causal = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
-    terms = a.unsqueeze(-2).expand(*a.shape[:-1], q, q).masked_fill(causal, 0.0)  # [.., j, k] = a_k for k > j
+    terms = a.unsqueeze(-2).expand(*a.shape[:-1], q, q).masked_fill(causal, 0.0)  # [.., j, k] = a_k if k > j
     return terms.cumsum(dim=-1).masked_fill(~causal.T, float("-inf")).transpose(-1, -2)
 
 

@@ -1,0 +1,437 @@
+"""CPU benchmark of the multi-head latent Mamba-2 block against causal self-attention.
+
+    python benchmarks/ssd_block.py            # everything, ~5-10 min on 2 cores; writes
+                                              # benchmarks/results/ssd_block.{md,png}
+    python benchmarks/ssd_block.py --quick    # a smoke run (small sizes), prints the tables only
+
+Every measured point runs in a fresh subprocess: after a warm-up pass, time is the median (and
+the minimum) over repeated forward+backward passes; peak memory is the high-water mark of the
+bytes PyTorch's CPU allocator holds during one more forward+backward, relative to before it
+(from ``torch.profiler``'s memory events, so it counts activations saved for backward,
+temporaries and gradients, and is independent of what malloc keeps or returns).
+
+Models (width 64, float32, training mode, gradients w.r.t. the input and all parameters):
+- latent: ``MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2)``, i.e. four
+  Mamba-2 blocks of d_model 16 (d_inner 32, one SSD head of headdim 32, ngroups 1), PyTorch path;
+- attention: QKV projection + ``F.scaled_dot_product_attention(is_causal=True)`` (4 heads of 16)
+  + output projection, no bias.
+
+FLOPs (``latent_flops``): the chunked SSD algorithm's matmuls per chunk of length q (after the
+sequence is cut into ``c = ceil(l / chunk_size)`` equal chunks, ``q = ceil(l / c)``), with h SSD
+heads, g B/C groups, headdim p, state n:
+    C B^T: 2 q^2 n per group;  (L o C B^T) x: 2 q^2 p per head;  chunk states: 2 q p n per head;
+    inter-chunk step: 2 p n per head;  state -> output: 2 q p n per head,
+plus in_proj, out_proj (2 * fan_in * fan_out per token and head) and the conv (2 * d_conv per
+channel and token). Attention: projections 8 l d^2 and the causal half of QK^T and PV,
+2 * 2 * d * l(l+1)/2. Forward + backward is counted as 3x forward. Elementwise work is not counted.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+TOKENS = 16384  # tokens per step: batch = TOKENS // length
+LENGTHS = [64, 256, 1024, 4096, 16384]
+CHUNKS = [16, 32, 64, 128, 256]
+SWEEP_LENGTHS = [1024, 16384]
+DEFAULT_CHUNK = 64
+CONFIG = dict(n_heads=4, d_head=16, d_state=128, d_conv=4, expand=2)
+# glibc malloc returns every block over 32 MiB to the OS on free, so each new large tensor is
+# page-faulted in again; these settings keep freed memory for reuse (see the results page).
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 28)}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def latent_flops(batch, length, chunk_size, n_heads, d_head, d_state, d_conv, expand, headdim=None, ngroups=1):
+    d_inner = expand * d_head
+    p = d_inner if headdim is None else headdim
+    nh = d_inner // p
+    h, g, n = n_heads * nh, n_heads * ngroups, d_state
+    chunks = math.ceil(length / chunk_size)
+    q = math.ceil(length / chunks)
+    scan = chunks * (g * 2 * q * q * n + h * (2 * q * q * p + 2 * q * p * n + 2 * p * n + 2 * q * p * n))
+    d_in_proj = 2 * d_inner + 2 * ngroups * n + nh
+    conv_dim = n_heads * (d_inner + 2 * ngroups * n)
+    per_token = n_heads * 2 * d_head * d_in_proj + n_heads * 2 * d_inner * d_head + 2 * d_conv * conv_dim
+    return 3 * batch * (scan + length * per_token)
+
+
+def attention_flops(batch, length, d_model):
+    forward = 8 * length * d_model * d_model + 2 * 2 * d_model * length * (length + 1) // 2
+    return 3 * batch * forward
+
+
+# ---- one point, in its own process -------------------------------------------------------------
+
+
+def build(kind, chunk_size, config):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    if kind == "latent":
+        from recbole_hydra.layers.mamba2 import MultiHeadLatentMamba2
+
+        return MultiHeadLatentMamba2(**config, chunk_size=chunk_size, use_kernels=False)
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self, d_model=64, n_heads=4):
+            super().__init__()
+            self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+            self.out = nn.Linear(d_model, d_model, bias=False)
+            self.n_heads = n_heads
+
+        def forward(self, x):
+            b, l, d = x.shape
+            q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(y.transpose(1, 2).reshape(b, l, d))
+
+    torch.manual_seed(0)
+    return CausalSelfAttention()
+
+
+def run_point(point):
+    import torch
+
+    kind, length, chunk_size = point["kind"], point["length"], point.get("chunk_size", DEFAULT_CHUNK)
+    batch = max(1, TOKENS // length)
+    d_model = CONFIG["n_heads"] * CONFIG["d_head"]
+    config = dict(CONFIG, d_state=point.get("d_state", CONFIG["d_state"]))
+    torch.manual_seed(0)
+    model = build(kind, chunk_size, config)
+
+    def fwd_bwd(u):
+        model(u).square().mean().backward()
+
+    u = torch.randn(batch, length, d_model, requires_grad=True)
+    t0 = time.perf_counter()
+    fwd_bwd(u)  # warm-up
+    first = time.perf_counter() - t0
+    times, cpu_times = [], []
+    budget = point.get("budget_s", 2.0)
+    while len(times) < 3 or (sum(times) < budget and len(times) < 10):
+        model.zero_grad(set_to_none=True)
+        u.grad = None
+        t0, c0 = time.perf_counter(), time.process_time()
+        fwd_bwd(u)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+        if first > 4 * budget:  # very slow point: three repetitions are enough
+            break
+    model.zero_grad(set_to_none=True)
+    u.grad = None
+    peak = peak_allocated_bytes(lambda: fwd_bwd(u))
+    flops = latent_flops(batch, length, chunk_size, **config) if kind == "latent" else attention_flops(batch, length, d_model)
+    seconds = statistics.median(times)
+    return dict(point, batch=batch, tokens=batch * length, seconds=seconds, min_seconds=min(times), reps=len(times),
+                cpu_seconds=min(cpu_times),
+                peak_mib=peak / 2**20, gflops=flops / seconds / 1e9)
+
+
+def peak_allocated_bytes(fn):
+    """Most bytes held by PyTorch's CPU allocator while ``fn`` runs, above what it held before."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+def measure(point, env_extra=None, timeout=300):
+    env = dict(os.environ, **(env_extra or {}))
+    cmd = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(point)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(point, error=f"timeout after {timeout} s")
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return dict(point, error=(out.stderr.strip().splitlines() or ["failed"])[-1])
+    result = json.loads(lines[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+
+def hardware():
+    try:
+        model = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+                 .splitlines() if l.startswith("Model name")][0]
+    except Exception:
+        model = platform.processor() or "unknown"
+    import torch
+
+    # cost of first-touching fresh memory (page faults) vs writing memory already mapped
+    buf = torch.empty(64 << 18)  # 256 MiB, not yet touched
+    t0 = time.perf_counter()
+    buf.fill_(1.0)
+    t1 = time.perf_counter()
+    buf.fill_(2.0)
+    t2 = time.perf_counter()
+    del buf
+    return dict(cpu=model, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
+                python=platform.python_version(), load=os.getloadavg(),
+                first_touch_ms_per_mib=(t1 - t0) / 256 * 1e3, rewrite_ms_per_mib=(t2 - t1) / 256 * 1e3)
+
+
+def _ok(r):
+    return r is not None and "error" not in r
+
+
+def _cell(r, key, fmt):
+    """A table cell: ``fmt`` of ``r[key]`` (or of ``key(r)`` when key is a function)."""
+    if r is None:
+        return "skipped"
+    if "error" in r:
+        return "failed: " + r["error"][:60]
+    return fmt.format(key(r) if callable(key) else r[key])
+
+
+def _ms(r):
+    return r["seconds"] * 1e3
+
+
+def _ms_min(r):
+    return f"{r['seconds'] * 1e3:.0f} ({r['min_seconds'] * 1e3:.0f})"
+
+
+def _cpu_ms(r):
+    return r["cpu_seconds"] * 1e3
+
+
+def _us_per_token(r):
+    return r["seconds"] / r["tokens"] * 1e6
+
+
+def _kib_per_token(r):
+    return r["peak_mib"] * 1024 / r["tokens"]
+
+
+def report(results, hw_before, hw_after, command):
+    series = {}
+    for r in results:
+        series.setdefault(r["series"], {})[(r["length"], r.get("chunk_size", DEFAULT_CHUNK))] = r
+    lat = {k[0]: v for k, v in series.get("latent", {}).items()}
+    att = {k[0]: v for k, v in series.get("attention", {}).items()}
+    lat_t = {k[0]: v for k, v in series.get("latent_tuned", {}).items()}
+    lat_s = {k[0]: v for k, v in series.get("latent_state32", {}).items()}
+    sweep = dict(series.get("sweep", {}))
+    for length in {k[0] for k in sweep}:  # the main series supplies the default chunk size
+        if length in lat:
+            sweep.setdefault((length, DEFAULT_CHUNK), lat[length])
+
+    out = [
+        "# Multi-head latent Mamba-2 block vs causal self-attention on CPU",
+        "",
+        f"Command: `{command}` (repository root, venv active), {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Hardware: `lscpu | grep 'Model name'`: {hw_before['cpu']}; {hw_before['cores']} cores; "
+        f"torch {hw_before['torch']} ({hw_before['threads']} threads); Python {hw_before['python']}. "
+        f"Load average (1 min) before / after the run: {hw_before['load'][0]:.2f} / {hw_after['load'][0]:.2f} "
+        "(the machine is shared with other jobs, which inflate times).",
+        "",
+        f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
+        "width 64: four Mamba-2 blocks of d_model 16 (d_inner 32, one SSD head of headdim 32, ngroups 1), "
+        "PyTorch path, float32. Attention: QKV projection + `F.scaled_dot_product_attention(is_causal=True)` "
+        "(4 heads x 16) + output projection, no bias. Forward + backward (loss: mean of squares; gradients "
+        f"for the input and all parameters), batch = {TOKENS} tokens / length. Time: median over repetitions; "
+        "peak memory: high-water mark of PyTorch's CPU allocations during one forward + backward "
+        "(torch.profiler memory events; saved activations, temporaries and gradients); each point in a fresh process. "
+        "GFLOP/s against the FLOP counts in the script's docstring (forward + backward = 3 x forward matmul "
+        "FLOPs; attention counted for the causal half only).",
+        "",
+        "## Sequence length",
+        "",
+        "ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
+        "threads) of one, less sensitive to other jobs; us/token and GFLOP/s from the median; the last "
+        "columns divide attention's time by the latent block's (median wall, CPU).",
+        "",
+        "| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
+        "| latent GFLOP/s | attention ms | attention CPU ms | attention us/token | attention peak MiB "
+        "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for length in sorted(set(lat) | set(att)):
+        a, b = lat.get(length), att.get(length)
+        ratio = f"{b['seconds'] / a['seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+        cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+        out.append(
+            f"| {length} | {max(1, TOKENS // length)} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} "
+            f"| {_cell(a, _us_per_token, '{:.2f}')} | {_cell(a, 'peak_mib', '{:.0f}')} | {_cell(a, _kib_per_token, '{:.2f}')} "
+            f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} | {_cell(b, _cpu_ms, '{:.0f}')} "
+            f"| {_cell(b, _us_per_token, '{:.2f}')} | {_cell(b, 'peak_mib', '{:.0f}')} "
+            f"| {_cell(b, 'gflops', '{:.1f}')} | {ratio} | {cpu_ratio} |"
+        )
+    if lat_t:
+        env = " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
+        out += [
+            "",
+            "## Same, with glibc malloc told to keep freed memory",
+            "",
+            f"Environment: `{env}`. By default glibc hands every block over 32 MiB back to the OS on free, "
+            "so the next large tensor is page-faulted in again. On this machine writing fresh memory cost "
+            f"{hw_before['first_touch_ms_per_mib']:.2f} ms per MiB against {hw_before['rewrite_ms_per_mib']:.2f} ms "
+            "per MiB for memory already mapped (measured at the start of the run), which makes fresh "
+            "allocations a large share of the block's time (its largest tensors are the B and C channels, "
+            "2 x 4 x 128 floats per token, and their gradients). jemalloc or tcmalloc via LD_PRELOAD should "
+            "have a similar effect (not measured). Attention allocates little; its columns repeat the "
+            "default-malloc run above.",
+            "",
+            "| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
+            "| attention / latent (wall) | attention / latent (CPU) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for length in sorted(lat_t):
+            a, b = lat_t.get(length), att.get(length)
+            ratio = f"{b['seconds'] / a['seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+            cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+            out.append(
+                f"| {length} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} | {_cell(a, _us_per_token, '{:.2f}')} "
+                f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} | {_cell(b, _cpu_ms, '{:.0f}')} "
+                f"| {ratio} | {cpu_ratio} |"
+            )
+    if lat_s:
+        out += [
+            "",
+            "## Smaller state: d_state = 32 (default malloc)",
+            "",
+            "The same block with `d_state=32`: the SSD work per token is dominated by the state size "
+            "(C B^T and the chunk states / state readout are linear in d_state, and B and C are "
+            "2 x n_heads x d_state channels per token), so this shows how much of the time is the paper's "
+            "d_state = 128.",
+            "",
+            "| length | latent (d_state 32) ms | CPU ms | us/token | peak MiB | GFLOP/s "
+            "| attention / this (wall) | attention / this (CPU) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for length in sorted(lat_s):
+            a, b = lat_s[length], att.get(length)
+            ratio = f"{b['seconds'] / a['seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+            cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if _ok(a) and _ok(b) else ""
+            out.append(f"| {length} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} "
+                       f"| {_cell(a, _us_per_token, '{:.2f}')} | {_cell(a, 'peak_mib', '{:.0f}')} "
+                       f"| {_cell(a, 'gflops', '{:.1f}')} | {ratio} | {cpu_ratio} |")
+    if sweep:
+        lengths = sorted({k[0] for k in sweep})
+        chunks = sorted({k[1] for k in sweep})
+        out += [
+            "",
+            "## Chunk size (latent block, default malloc)",
+            "",
+            "median ms per forward + backward (least CPU ms, peak MiB, GFLOP/s).",
+            "",
+            "| chunk_size | " + " | ".join(f"length {l}" for l in lengths) + " |",
+            "|---:|" + "---:|" * len(lengths),
+        ]
+        for q in chunks:
+            cells = []
+            for l in lengths:
+                r = sweep.get((l, q))
+                cells.append("" if r is None else _cell(r, lambda r: (
+                    f"{_ms(r):.0f} ({_cpu_ms(r):.0f}, {r['peak_mib']:.0f}, {r['gflops']:.1f})"), "{}"))
+            out.append(f"| {q} | " + " | ".join(cells) + " |")
+    return out, dict(lat=lat, att=att, lat_t=lat_t, lat_s=lat_s, sweep=sweep)
+
+
+def plot(path, lat, att, lat_t, lat_s, sweep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for data, label, style in ((lat, "latent Mamba-2 block (d_state 128)", "o-"),
+                               (lat_t, "same, malloc keeps freed memory", "o--"),
+                               (lat_s, "latent block, d_state 32", "^-"),
+                               (att, "causal self-attention", "s-")):
+        points = sorted((l, r) for l, r in data.items() if _ok(r))
+        if not points:
+            continue
+        ls = [l for l, _ in points]
+        axes[0].plot(ls, [_us_per_token(r) for _, r in points], style, label=label)
+        if data is not lat_t and data is not lat_s:
+            axes[1].plot(ls, [_kib_per_token(r) for _, r in points], style, label=label)
+    for ax, ylabel, title in ((axes[0], "us per token (fwd + bwd)", "time per token"),
+                              (axes[1], "KiB per token", "peak memory per token (fwd + bwd)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"sequence length (batch x length = {TOKENS})")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    for length in sorted({k[0] for k in sweep}):
+        points = sorted((q, r) for (l, q), r in sweep.items() if l == length and _ok(r))
+        axes[2].plot([q for q, _ in points], [_us_per_token(r) for _, r in points], "o-", label=f"length {length}")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("chunk_size")
+    axes[2].set_ylabel("us per token (fwd + bwd)")
+    axes[2].set_title("latent block: chunk size")
+    axes[2].grid(True, which="both", alpha=0.3)
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--point", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="small sizes only, print the tables, write nothing")
+    parser.add_argument("--no-tuned", action="store_true", help="skip the runs with the tuned malloc settings")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for ssd_block.{md,png}")
+    args = parser.parse_args()
+    if args.point:
+        print(json.dumps(run_point(json.loads(args.point))))
+        return
+
+    lengths = [64, 256] if args.quick else LENGTHS
+    sweep_lengths = [256] if args.quick else SWEEP_LENGTHS
+    chunks = [32, 64] if args.quick else CHUNKS
+    hw_before = hardware()
+    results = []
+    for length in lengths:
+        for kind in ("latent", "attention"):
+            results.append(measure(dict(series=kind, kind=kind, length=length, chunk_size=DEFAULT_CHUNK)))
+    for length in sweep_lengths:
+        for q in chunks:
+            if q != DEFAULT_CHUNK or length not in lengths:
+                results.append(measure(dict(series="sweep", kind="latent", length=length, chunk_size=q)))
+    for length in [l for l in lengths if l >= 1024] or lengths[-1:]:
+        results.append(measure(dict(series="latent_state32", kind="latent", length=length, chunk_size=DEFAULT_CHUNK,
+                                    d_state=32)))
+    if not args.no_tuned:  # attention allocates little: compared with its default-malloc times
+        for length in lengths:
+            results.append(measure(dict(series="latent_tuned", kind="latent", length=length, chunk_size=DEFAULT_CHUNK),
+                                   env_extra=TUNED_MALLOC))
+    hw_after = hardware()
+    command = "python benchmarks/ssd_block.py" + (" --quick" if args.quick else "") + (" --no-tuned" if args.no_tuned else "")
+    lines, data = report(results, hw_before, hw_after, command)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.quick:
+        return
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "ssd_block.md"), "w") as f:
+        f.write(text)
+    plot(os.path.join(args.out, "ssd_block.png"), data["lat"], data["att"], data["lat_t"], data["lat_s"], data["sweep"])
+
+
+if __name__ == "__main__":
+    main()
