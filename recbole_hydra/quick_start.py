@@ -66,15 +66,16 @@ def is_plugin_model(model):
 
 
 def create_dataset(config):
-    """RecBole's ``create_dataset``, with the generative dataset for plugin models."""
+    """RecBole's ``create_dataset``, with the generative dataset for plugin models (or the
+    model's own ``dataset_class``, e.g. HydraMD's multi-domain dataset)."""
     if is_plugin_model(config["model"]):
-        return GenerativeSequentialDataset(config)
+        return getattr(get_model(config["model"]), "dataset_class", GenerativeSequentialDataset)(config)
     return recbole_create_dataset(config)
 
 
 def get_trainer(config):
     if is_plugin_model(config["model"]):
-        return GenerativeTrainer
+        return getattr(get_model(config["model"]), "trainer_class", GenerativeTrainer)
     return recbole_get_trainer(config["MODEL_TYPE"], config["model"])
 
 
@@ -113,6 +114,11 @@ def check_config(config):
         )
     dataset, data_path = config["dataset"], config["data_path"]
     inter = os.path.join(data_path, f"{dataset}.inter")
+    if not os.path.isfile(inter) and config["domains"]:  # merging single-domain datasets (HydraMD)
+        from recbole_hydra.data.multidomain import domain_sources
+
+        domain_sources(config)  # one-line error when a domain's dataset is missing
+        return
     if not os.path.isfile(inter):
         hint = missing_dataset_hint(dataset, data_path)  # raw files to get and the converter command
         if hint is not None:

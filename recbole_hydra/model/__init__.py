@@ -4,6 +4,7 @@ import importlib
 
 PLUGIN_MODELS = {
     "Hydra": "recbole_hydra.model.hydra",
+    "HydraMD": "recbole_hydra.model.hydra_md",
     "Mamba4Rec": "recbole_hydra.model.mamba4rec",
     "HSTU": "recbole_hydra.model.hstu",
 }
