@@ -14,17 +14,62 @@
    models up with ``recbole.utils.get_model``, which only knows ``recbole.model``, and pick the
    dataset class by model name. Their module globals are pointed at the plugin-aware versions,
    which fall back to RecBole's for its own models.
+
+Multi-process training (``quick_start.run(..., nproc=N)``, ``recbole_hydra.distributed``).
+RecBole 1.2.1's DDP only runs on CUDA with NCCL, and its evaluation can read the wrong checkpoint:
+
+4. Process group and device. ``Config._init_device`` asserts one CUDA device per process, always
+   uses the NCCL backend and puts every process on ``cuda:<local_rank>``. ``init_distributed``
+   replaces that branch for a config built single-process: gloo and the CPU where CUDA is absent
+   or ``gpu_id`` is empty, else NCCL on ``cuda:<local_rank>`` (with RecBole's check that there is
+   a GPU per process); RecBole's keys (``local_rank``, ``world_size``, ``nproc``, ``offset``,
+   ``single_spec``) and its quiet non-zero ranks are set as its own branch sets them.
+5. DDP on the CPU. RecBole's ``AbstractTrainer`` wraps the model in
+   ``DistributedDataParallel(model, device_ids=[local_rank])``, which torch refuses for a CPU
+   module. ``distributed_data_parallel`` passes ``device_ids`` only for a module on one CUDA
+   device; RecBole's trainer module gets it as its ``DistributedDataParallel``.
+6. One checkpoint for all ranks. Each rank names its checkpoint ``<model>-<its clock>.pth`` when
+   its trainer is built, only local rank 0 writes it, and after ``fit`` every rank loads "its"
+   best checkpoint for the test: a rank whose clock read a different second, or that gets there
+   before rank 0 has written the file, fails or tests other weights. ``share_checkpoint`` gives
+   every rank rank 0's file name (in its own ``checkpoint_dir``), waits for all ranks (a barrier,
+   so the file is written) before any loads it, and writes the checkpoint whole (a rename: the
+   first processes of machines that share a filesystem write the same file) with a
+   single-process copy of the config, so that the file loads like a plain run's
+   (``load_data_and_model``, ``--checkpoint``) without a process group.
+7. Directories made by processes started together. RecBole's ``ensure_dir`` checks that a
+   directory is missing and then ``os.makedirs`` it, which raises ``FileExistsError`` when another
+   rank creates ``log/`` or ``saved/`` in between: ranks that start together crash at random.
+   ``ensure_dir`` creates it with ``exist_ok=True``; RecBole's modules that call it get it.
 """
 
+import copy
+import importlib
+import os
+import socket
 import types
 import warnings
 
 import torch
+from recbole.utils.utils import ensure_dir as recbole_ensure_dir  # noqa: F401  (shim 7's test)
+from torch.nn.parallel import DistributedDataParallel
+
+#: RecBole's keys for a multi-process run; a single-process config has none of them but
+#: ``local_rank: 0`` and ``single_spec: True``.
+DISTRIBUTED_KEYS = ("world_size", "nproc", "offset", "ip", "port")
 
 def load_recbole_checkpoint(path, *args, **kwargs):
-    """``torch.load`` of a RecBole checkpoint (a pickle of RecBole's Config, see above)."""
+    """``torch.load`` of a RecBole checkpoint (a pickle of RecBole's Config, see above).
+
+    Building a ``Config`` restores the numpy aliases (``np.float``, ...) that RecBole's metrics
+    use; unpickling one does not, so a process that only loads a checkpoint (``--checkpoint``)
+    would fail in the evaluator: the loaded config restores them as building it would."""
     kwargs.setdefault("weights_only", False)
-    return torch.load(path, *args, **kwargs)
+    checkpoint = torch.load(path, *args, **kwargs)
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if hasattr(config, "compatibility_settings"):
+        config.compatibility_settings()
+    return checkpoint
 
 
 def quiet_known_warnings():
@@ -56,6 +101,109 @@ def load_data_and_model(model_file):
     return config, model, dataset, train_data, valid_data, test_data
 
 
+def init_distributed(config, local_rank, world_size, nproc=None, ip="localhost", port=5678,
+                     offset=0, timeout_s=None):
+    """Join the process group as rank ``offset + local_rank`` of ``world_size`` and make ``config``
+    (built single-process) the config of that rank, as RecBole's ``Config._init_device`` would,
+    on the CPU with gloo or on ``cuda:<local_rank>`` with NCCL (shim 4). Returns the backend."""
+    import datetime
+
+    import torch.distributed as dist
+
+    nproc = world_size if nproc is None else nproc
+    gpu_id = str(config["gpu_id"] or "")
+    use_cuda = bool(gpu_id) and torch.cuda.is_available()
+    if use_cuda and len(gpu_id.split(",")) < nproc:
+        raise ValueError(
+            f"{nproc} processes on this node need {nproc} GPUs, but gpu_id is {gpu_id!r}: "
+            "list one per process (--gpu_id=0,1,...) or set --gpu_id= to train on the CPU"
+        )
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group(backend=backend, init_method=f"tcp://{ip}:{port}",
+                            rank=offset + local_rank, world_size=world_size, **kwargs)
+    config["local_rank"] = local_rank
+    config["world_size"], config["nproc"], config["offset"] = world_size, nproc, offset
+    config["ip"], config["port"] = ip, port
+    config["single_spec"] = False
+    config["device"] = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if local_rank != 0:
+        config["state"], config["show_progress"], config["verbose"] = "error", False, False
+    return backend
+
+
+def single_process_config(config):
+    """A copy of a rank's config as a single-process run on rank 0's device would have it."""
+    plain = copy.copy(config)
+    plain.final_config_dict = {k: v for k, v in config.final_config_dict.items()
+                               if k not in DISTRIBUTED_KEYS}
+    plain["local_rank"], plain["single_spec"] = 0, True
+    if plain["device"] is not None and plain["device"].type == "cuda":
+        plain["device"] = torch.device("cuda", 0)
+    return plain
+
+
+def distributed_data_parallel(module, device_ids=None, output_device=None, **kwargs):
+    """``DistributedDataParallel`` that passes ``device_ids`` only for a module on one CUDA
+    device, as torch requires (shim 5)."""
+    devices = {p.device for p in module.parameters()}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        device_ids = output_device = None
+    return DistributedDataParallel(module, device_ids=device_ids, output_device=output_device,
+                                   **kwargs)
+
+
+def share_checkpoint(trainer):
+    """Make the ranks of a multi-process run save and load one checkpoint (shim 6): rank 0's
+    file name, a barrier before loading it, a single-process config inside it."""
+    import torch.distributed as dist
+
+    name = [os.path.basename(trainer.saved_model_file)]
+    dist.broadcast_object_list(name, src=0)
+    trainer.saved_model_file = os.path.join(trainer.checkpoint_dir, name[0])
+    plain = single_process_config(trainer.config)
+    save_checkpoint, evaluate = trainer._save_checkpoint, trainer.evaluate
+
+    def save_with_plain_config(epoch, verbose=True, **kwargs):
+        if trainer.config["local_rank"] != 0:
+            return
+        # Whole or not at all: machines that share a filesystem each write the same file.
+        final = kwargs.pop("saved_model_file", trainer.saved_model_file)
+        partial = f"{final}.{socket.gethostname()}-{os.getpid()}.part"
+        config, trainer.config = trainer.config, plain
+        try:
+            save_checkpoint(epoch, verbose=False, saved_model_file=partial, **kwargs)
+            os.replace(partial, final)
+        finally:
+            trainer.config = config
+        if verbose:
+            from recbole.utils import set_color
+
+            trainer.logger.info(set_color("Saving current", "blue") + f": {final}")
+
+    def evaluate_after_save(eval_data, load_best_model=True, model_file=None,
+                            show_progress=False):
+        if load_best_model and eval_data:
+            dist.barrier()  # every rank is past fit, so rank 0 has written its best checkpoint
+        return evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
+                        show_progress=show_progress)
+
+    trainer._save_checkpoint, trainer.evaluate = save_with_plain_config, evaluate_after_save
+    return trainer
+
+
+def ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without its check-then-create race (shim 7)."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+#: the RecBole modules that call ``ensure_dir`` through a module global
+ENSURE_DIR_USERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logger",
+                    "recbole.trainer.trainer", "recbole.data.utils", "recbole.data.dataset.dataset")
+
+
 def install(get_model, create_dataset):
     """Apply the shims (idempotent). Import ``recbole_hydra`` before using RecBole's entry points."""
     import recbole.quick_start
@@ -63,6 +211,9 @@ def install(get_model, create_dataset):
     import recbole.trainer.trainer as trainer_module
 
     trainer_module.torch = _torch_with_checkpoint_load()
+    trainer_module.DistributedDataParallel = distributed_data_parallel
+    for name in ENSURE_DIR_USERS:
+        importlib.import_module(name).ensure_dir = ensure_dir
     qs.get_model = get_model
     qs.create_dataset = create_dataset
     qs.load_data_and_model = recbole.quick_start.load_data_and_model = load_data_and_model

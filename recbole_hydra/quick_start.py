@@ -143,11 +143,29 @@ def load_model(config, train_dataset):
     return get_model(config["model"])(config, train_dataset).to(config["device"])
 
 
-def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, epoch_callback=None,
+        nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0):
     """Train and test ``model`` (a name or class) on ``dataset``; returns RecBole's result dict
     plus ``model_file``, ``n_params``, ``epochs`` and ``history`` (per epoch: training seconds,
-    valid score and wall clock since training started)."""
+    valid score and wall clock since training started).
+
+    ``epoch_callback(epoch, entry, trainer)``, if given, is called after each validation with the
+    number of epochs trained so far, that epoch's history entry and the trainer (the tuner reports
+    to Ray Tune from it). ``nproc``/``world_size``/``ip``/``port``/``group_offset`` are RecBole's
+    multi-process arguments: with ``nproc != 1`` or ``world_size > 0`` the run is spread over
+    processes (``recbole_hydra.distributed``) and this returns rank 0's result."""
+    if nproc != 1 or world_size > 0:
+        from recbole_hydra import distributed
+
+        return distributed.run(model, dataset, config_file_list, config_dict, saved=saved,
+                               nproc=nproc, world_size=world_size, ip=ip, port=port,
+                               group_offset=group_offset)
     config = make_config(model, dataset, config_file_list, config_dict)
+    return train_and_test(config, saved=saved, epoch_callback=epoch_callback)
+
+
+def train_and_test(config, saved=True, epoch_callback=None):
+    """``run`` from a built config (single-process, or one rank of a process group)."""
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -162,7 +180,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     trainer = get_trainer(config)(config, model)
-    history = _record_history(trainer, config["time_budget_s"])
+    if not config["single_spec"]:
+        compat.share_checkpoint(trainer)
+    history = _record_history(trainer, config["time_budget_s"], epoch_callback,
+                              distributed=not config["single_spec"])
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -183,20 +204,30 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True):
     }
 
 
-def _record_history(trainer, time_budget_s=None):
+def _record_history(trainer, time_budget_s=None, epoch_callback=None, distributed=False):
     """Time each training epoch and note each validation, without touching RecBole's loop.
 
     With ``time_budget_s``, no epoch starts once the budget is spent: the next validation
     reports the worst score with patience 0, so RecBole's own early stopping ends the run and
-    keeps the best checkpoint it already saved.
+    keeps the best checkpoint it already saved. In a process group the ranks agree on that (the
+    budget is spent when it is spent on any rank), so that all stop at the same epoch.
+    ``epoch_callback(epoch, entry, trainer)`` is called after each validation.
     """
     history, start, over = [], [], []
     train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
 
+    def budget_spent():
+        spent = time.perf_counter() - start[0] > time_budget_s
+        if distributed:
+            flag = torch.tensor([float(spent)], device=trainer.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            spent = bool(flag.item())
+        return spent
+
     def timed_train_epoch(*args, **kwargs):
         if not start:
             start.append(time.perf_counter())
-        if time_budget_s is not None and time.perf_counter() - start[0] > time_budget_s:
+        if time_budget_s is not None and budget_spent():
             over.append(True)
             return 0.0
         t0 = time.perf_counter()
@@ -213,6 +244,8 @@ def _record_history(trainer, time_budget_s=None):
         if history:
             history[-1].update(valid_score=score, valid_result=dict(result),
                                wall_s=time.perf_counter() - start[0])
+            if epoch_callback is not None:
+                epoch_callback(len(history), history[-1], trainer)
         return score, result
 
     trainer._train_epoch, trainer._valid_epoch = timed_train_epoch, noted_valid_epoch
