@@ -15,7 +15,8 @@ test users (RecBole's full ranking, padding item excluded, history not masked, a
 does) split by how often their test item occurs in the training part of the data (every
 interaction but each user's last two, the leave-one-out valid and test items): test Recall@10 and
 NDCG@10 for all users (equal to RecBole's own test result), for users whose target was seen fewer
-than ``--max-count`` times in training ("cold") and the rest.
+than ``--max-count`` times in training ("cold"; repeat the flag for several thresholds) and the
+rest.
 """
 
 import argparse
@@ -102,10 +103,13 @@ def cold(args):
             ranks.append((scores > target_score).sum(1).cpu())
             targets.append(target.cpu())
         rank, target = torch.cat(ranks).numpy(), torch.cat(targets).numpy()
-        is_cold = counts[target] < args.max_count
+        seen = counts[target]
         row = {"model_file": model_file, "item_model": config["item_model"] or "embedding",
                "llm_finetune": config["llm_finetune"] if config["item_model"] == "llm" else None}
-        for name, mask in (("all", np.ones_like(is_cold)), ("cold", is_cold), ("warm", ~is_cold)):
+        groups = [("all", np.ones(len(seen), dtype=bool))]
+        for k in args.max_count or [5]:
+            groups += [(f"seen<{k}", seen < k), (f"seen>={k}", seen >= k)]
+        for name, mask in groups:
             r = rank[mask]
             row[name] = {"users": int(mask.sum()),
                          "recall@10": float((r < 10).mean()) if len(r) else float("nan"),
@@ -130,7 +134,8 @@ def main():
     p.set_defaults(func=train)
     c = sub.add_parser("cold")
     c.add_argument("checkpoints", nargs="+")
-    c.add_argument("--max-count", type=int, default=5)
+    c.add_argument("--max-count", type=int, action="append",
+                   help="cold: seen fewer than this many times in training (repeatable; default 5)")
     c.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "item_llm-cold.jsonl"))
     c.set_defaults(func=cold)
     args = parser.parse_args()

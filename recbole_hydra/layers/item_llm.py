@@ -11,8 +11,9 @@ loaded item field but the id) into one sentence behind a fixed prompt (``item_pr
 
 Token values are read back from RecBole's remapped ids, ``token_seq`` values are joined with
 spaces (``_`` inside a token, as the Amazon converter writes category names, becomes a space),
-floats are printed as numbers, empty values are left out. Items without a ``.item`` row get the
-prompt alone.
+floats are printed as RecBole loaded them (``normalize_all: True``, RecBole's default for
+ml-100k, rescales float columns: keep years as tokens or set it False), empty values are left out.
+Items without a ``.item`` row get the prompt alone.
 
 Tokens. Each text is tokenized once, when the model is built, with the tokenizer's own special
 tokens (``[CLS] ... [SEP]`` for BERT, ``<s>`` for Llama) and truncated so that, with ``[ITEM]``
@@ -35,8 +36,9 @@ Fine-tuning (``llm_finetune``):
   ``lora_target_modules``: ``~`` = peft's default for the architecture, else ``all-linear``) plus
   the ``[ITEM]`` embedding row (peft's trainable tokens); the base weights stay frozen.
 - ``frozen``: the LLM is a fixed feature extractor (always in eval mode, no dropout); its
-  ``[ITEM]`` states are computed for all items once and kept, only the projection trains. The
-  cheapest by far on a CPU.
+  ``[ITEM]`` states are computed for all items once and kept in memory (n_items x LLM width
+  floats; kept across ``load_state_dict`` when the LLM's weights are unchanged), only the
+  projection trains. The cheapest by far on a CPU.
 ``gradient_checkpointing: True`` recomputes the LLM's activations in the backward pass (full and
 lora) to save memory.
 
@@ -55,6 +57,9 @@ Evaluation (``model.eval()``) encodes the whole item table once, in batches of
 and by ``load_state_dict``, and its key is the parameters' in-place version counters (an optimizer
 step or any in-place write changes them), so a stale table is never used. ``invalidate()`` drops
 it by hand.
+
+Checkpoints hold the whole LLM (RecBole saves the full ``state_dict``; about 90 MB for MiniLM),
+not the token ids or cached tables, which are rebuilt from the dataset when the model is built.
 
 Export. ``export_item_table(model, path)`` writes the (n_items, hidden_size) table;
 ``load_item_table(model, table)`` puts it into a Hydra with ``item_model: embedding``, which then
@@ -275,6 +280,7 @@ class ItemLLMEncoder(nn.Module):
         self._features = self._features_key = None  # frozen: [ITEM] states of all items
         self._table = self._table_key = None  # eval: (n_items, hidden_size) and its weights key
         self._step_slots = self._step_vectors = None  # training step: id -> row of its encoding
+        self._step_count = 0
         self.register_load_state_dict_post_hook(lambda module, keys: module._after_load())
 
     @classmethod
@@ -404,13 +410,12 @@ class ItemLLMEncoder(nn.Module):
     def table(self):
         """(n_items, hidden_size): every item's H0, row 0 zeros. In eval mode computed once and
         reused while the weights stay the same; in training mode encoded with gradients."""
-        ids = torch.arange(1, self.n_items, device=self.token_ids.device)
         if self.training:
             return self.forward(torch.arange(self.n_items, device=self.token_ids.device))
         key = self._weights_key()
         if self._table is None or self._table_key != key:
             with torch.no_grad():
-                vectors = self.encode(ids)
+                vectors = self.encode(torch.arange(1, self.n_items, device=self.token_ids.device))
                 self._table = torch.cat([vectors.new_zeros(1, vectors.size(1)), vectors])
             self._table_key = key
         return self._table
