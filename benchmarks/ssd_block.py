@@ -278,6 +278,21 @@ def report(results, hw_before, hw_after, command):
             f"| {_cell(b, _us_per_token, '{:.2f}')} | {_cell(b, 'peak_mib', '{:.0f}')} "
             f"| {_cell(b, 'gflops', '{:.1f}')} | {ratio} | {cpu_ratio} |"
         )
+    lat_fpt = latent_flops(1, 4096, DEFAULT_CHUNK, **CONFIG) / 4096
+    att_fpt = attention_flops(1, 4096, CONFIG["n_heads"] * CONFIG["d_head"]) / 4096
+    notes = [
+        "",
+        "Reading the numbers: the latent block's time and memory per token do not depend on the length "
+        "(the chunked scan is linear in it), attention's time per token grows linearly with it. By the "
+        f"FLOP counts above the latent block needs {lat_fpt / 1e3:.0f}k FLOPs per token (forward + backward, "
+        f"d_state 128, any length) and attention {att_fpt / 1e3:.0f}k per token at length 4096, so even at equal "
+        f"efficiency the block could be only ~{att_fpt / lat_fpt:.1f}x faster there; a 10x lead at 4096 would "
+        "need a smaller state (see d_state 32 below) or a longer sequence. The block also runs at a lower "
+        "GFLOP/s than attention's fused kernel: it is bound by memory traffic over the B and C channels "
+        "(conv, chunk layout, their gradients), not by its matmuls.",
+    ]
+    if any(_ok(r) for r in lat.values()) and any(_ok(r) for r in att.values()):
+        out += notes
     if lat_t:
         env = " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
         out += [
