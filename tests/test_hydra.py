@@ -29,6 +29,35 @@ def test_shapes(hydra):
     assert model.calculate_loss(batch).dim() == 0
 
 
+def test_scores_use_the_last_real_position(hydra):
+    # full_sort_predict computes only the last position in the last layer: same scores as
+    # scoring forward's output there
+    model = hydra[0].double().eval()
+    from tests.model_helpers import random_batch
+    from recbole.data.interaction import Interaction
+
+    seq, lengths = random_batch(model)
+    batch = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+    query = model(seq, lengths)[torch.arange(len(seq)), lengths - 1]
+    expected = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(
+        model.item_embedding.weight, dim=-1).T / model.temperature
+    torch.testing.assert_close(model.full_sort_predict(batch).double(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_evaluation_in_row_blocks_gives_the_same_scores(hydra):
+    model = hydra[0].eval()
+    from tests.model_helpers import random_batch
+    from recbole.data.interaction import Interaction
+
+    seq, lengths = random_batch(model, batch=5)
+    batch = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+    with torch.no_grad():
+        whole = model.full_sort_predict(batch)
+        model.eval_tokens_per_pass = 2 * seq.size(1)  # two rows per pass: blocks of 2, 2, 1
+        blocks = model.full_sort_predict(batch)
+    torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_causal(hydra):
     assert_causal(hydra[0])
 

@@ -130,6 +130,18 @@ def test_right_padding_lengths(name):
         assert close(y_next, y_next_ref)
 
 
+@pytest.mark.parametrize("name", BLOCKS)
+def test_forward_last_equals_forward_at_last_position(name):
+    block = BLOCKS[name]()
+    u = inputs(block, batch=3, length=11)
+    lengths = torch.tensor([11, 6, 1])
+    u[1, 6:] = 100.0  # padding
+    last = block.forward_last(u, lengths)
+    full = block(u, lengths=lengths)[torch.arange(3), lengths - 1]
+    assert last.shape == (3, block.d_model) and full.abs().min() > 0
+    assert close(last, full)
+
+
 def test_zero_length_cache_is_empty_cache():
     block = latent()
     _, cache = block(inputs(block, batch=2, length=5), lengths=torch.tensor([0, 5]), return_cache=True)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from recbole_hydra.layers.ssd import ssd_scan, ssd_step
+from recbole_hydra.layers.ssd import ssd_final_state, ssd_scan, ssd_step
 
 F64 = torch.float64
 
@@ -148,3 +148,26 @@ def test_bad_shapes_raise_clear_errors():
         ssd_scan(x, dt[:, :-1], A, B, C, 8)
     with pytest.raises(ValueError, match="state must have shape"):
         ssd_step(torch.zeros(2, 4, 3, 4, dtype=F64), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+
+
+@pytest.mark.parametrize("ngroups,with_initial", [(1, False), (2, True)])
+def test_final_state_alone_equals_loop(ngroups, with_initial):
+    x, dt, A, B, C = make_inputs(length=23, ngroups=ngroups)
+    S0 = torch.randn(2, 4, 3, 5, dtype=F64) if with_initial else None
+    _, final_ref = loop_scan(x, dt, A, B, C, initial_state=S0)
+    assert rel_err(ssd_final_state(x, dt, A, B, initial_state=S0), final_ref) <= 1e-10
+
+
+@pytest.mark.parametrize("length,chunk_size", [(7, 8), (19, 4)])
+def test_without_final_state_same_outputs(length, chunk_size):
+    x, dt, A, B, C = make_inputs(length=length)
+    y, state = ssd_scan(x, dt, A, B, C, chunk_size, return_final_state=False)
+    y_ref, _ = loop_scan(x, dt, A, B, C)
+    assert state is None and rel_err(y, y_ref) <= 1e-10
+
+
+def test_gradcheck_one_chunk_without_state():
+    # the path that skips the chunk states (one chunk, no initial state, no final state wanted)
+    x, dt, A, B, C = make_inputs(batch=2, length=6, nheads=4, headdim=2, ngroups=2, d_state=3)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C)]
+    assert torch.autograd.gradcheck(lambda *a: ssd_scan(*a, 8, return_final_state=False)[0], inputs)

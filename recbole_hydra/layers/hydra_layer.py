@@ -2,6 +2,7 @@
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -50,6 +51,17 @@ class HydraLayer(nn.Module):
             y, cache = y
         out = self._interact_and_ffn(h, y, z)
         return (out, cache) if return_cache else out
+
+    def forward_last(self, h, lengths):
+        """The layer's output at the last real position of each row only: ``h (b, l, hidden_size)``,
+        ``lengths (b,)`` -> ``(b, hidden_size)``, equal to ``forward(h)[i, lengths[i] - 1]``.
+        The last layer at scoring time needs no other position (see ``Mamba2.forward_last``)."""
+        b, l, _ = h.shape
+        rows, last = torch.arange(b, device=h.device), (lengths - 1).clamp(min=0)
+        x, z = F.silu(self.w_xz(self.input_norm(h))).chunk(2, dim=-1)
+        z = self.rope(z[rows, last].view(b, 1, self.n_heads, self.head_size), positions=last.view(b, 1))
+        y = self.latent_mamba.forward_last(x, lengths)
+        return self._interact_and_ffn(h[rows, last], y, z.view(b, -1))
 
     def step(self, h_t, position, cache):
         """One event: ``h_t (b, hidden_size)`` at ``position (b,)`` (0 = first item) and the

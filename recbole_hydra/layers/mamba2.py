@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .norms import GatedRMSNorm
-from .ssd import ssd_scan, ssd_step
+from .ssd import ssd_final_state, ssd_scan, ssd_step
 
 __all__ = ["Mamba2", "MultiHeadLatentMamba2", "Mamba2Cache"]
 
@@ -188,11 +188,14 @@ class _Mamba2Mixer(nn.Module):
             windows.append(padded.gather(1, index[:, :, None].expand(-1, -1, padded.shape[-1])))
         return torch.cat(windows, dim=-1).transpose(1, 2).contiguous()
 
-    def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tuple[Tensor, Tensor]:
+    def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+              return_final_state: bool) -> Tuple[Tensor, Optional[Tensor]]:
         scan_fn = kernels.usable("mamba_chunk_scan_combined", self.use_kernels, x)
         if scan_fn is not None:
-            return scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D, return_final_states=True)
-        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D)
+            out = scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D,
+                          return_final_states=return_final_state)
+            return out if return_final_state else (out, None)
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -222,12 +225,40 @@ class _Mamba2Mixer(nn.Module):
             self._A(),
             B.reshape(batch, length, self.ngroups, self.d_state),
             C.reshape(batch, length, self.ngroups, self.d_state),
+            return_final_state=return_cache,
         )
         y = self.norm(y.reshape(batch, length, self.d_inner), z.reshape(batch, length, self.d_inner))
         out = self._project_out(y)
         if not return_cache:
             return out
         return out, Mamba2Cache(self._conv_state((x_in, B_in, C_in), lengths), ssm_state)
+
+    def forward_last(self, u: Tensor, lengths: Tensor) -> Tensor:
+        """The output at the last real position of each row only: ``u (b, l, d_model)``,
+        ``lengths (b,)`` -> ``(b, d_model)``, equal to ``forward(u, lengths)[i, lengths[i] - 1]``.
+
+        The SSD output there is read from the state after it, ``S_T C_T + D x_T``
+        (``ssd_final_state``), so the within-chunk quadratic part is never formed and the norm and
+        output projection run on one position per row: how a model scores its next item.
+        Rows of length 0 give a meaningless row.
+        """
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
+        batch, length, _ = u.shape
+        lengths = self._check_lengths(lengths, batch, length, u.device)
+        if kernels.usable("mamba_chunk_scan_combined", self.use_kernels, u) is not None:
+            return self.forward(u, lengths)[torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)]
+        z, x_in, B_in, C_in, dt_raw = self._project_in(u)
+        x, B, C = self._conv(x_in, B_in, C_in)
+        is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
+        dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(is_pad[:, :, None], 0.0)
+        x = x.reshape(batch, length, self.nheads, self.headdim)
+        state = ssd_final_state(x, dt, self._A(), B.reshape(batch, length, self.ngroups, self.d_state))
+        rows, last = torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
+        C_t = C.reshape(batch, length, self.ngroups, self.d_state)[rows, last]  # (b, g, n)
+        y = (state.view(batch, self.ngroups, -1, self.d_state) @ C_t.unsqueeze(-1)).view(batch, self.nheads, self.headdim)
+        y = y + x[rows, last] * self.D.unsqueeze(-1)
+        return self._project_out(self.norm(y.reshape(batch, self.d_inner), z.reshape(batch, length, self.d_inner)[rows, last]))
 
     def step(self, u_t: Tensor, cache: Mamba2Cache) -> Tuple[Tensor, Mamba2Cache]:
         """One position: ``u_t (b, d_model)`` or ``(b, 1, d_model)`` and the cache before it ->

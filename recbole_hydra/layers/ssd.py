@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd_scan", "ssd_step", "segsum"]
+__all__ = ["ssd_scan", "ssd_step", "ssd_final_state"]
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor]) -> None:
@@ -49,19 +49,47 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
         raise ValueError("empty batch")
 
 
-def segsum(a: Tensor) -> Tensor:
-    """``out[..., i, j] = a[..., j+1] + ... + a[..., i]`` for ``i >= j``, ``-inf`` above the diagonal.
+class _DiagonalBlocks(torch.autograd.Function):
+    """Step 1 of ``ssd_scan``, the diagonal blocks: inside each chunk
+    ``y_i = sum_{j <= i} exp(a_cum_i - a_cum_j) (C_i . B_j) x_j``, i.e. ``y = (L o C B^T) x``
+    (the SSD paper's eq. (3) on one block, its Listing 1 step 1).
 
-    ``exp(segsum(a))`` is the decay mask L of the SSD paper (``L_ij`` = decay from j to i). The
-    stable segment sum of its Listing 1: the masked terms are summed directly instead of
-    differencing two cumulative sums, whose cancellation loses precision once the sums grow;
-    ``-inf`` is set before any ``exp``, so no ``inf * 0`` appears in the backward pass. Built as
-    its transpose so that the cumulative sum runs along the contiguous dimension.
+    The decay mask is ``L_ij = exp(a_cum_i - a_cum_j)`` (``a_cum``: cumulative log decay from the
+    chunk start), the difference form of mamba-ssm's kernels; it is masked to ``-inf`` above the
+    diagonal before the ``exp``, so nothing overflows. Written by hand because autograd of the same
+    expression makes and re-reads about ten (chunk x chunk) tensors per head, which at everyday
+    lengths (50 to 200) cost more than the matmuls; here forward makes two (``L``, and
+    ``M = L o C B^T``), backward three.
+
+    ``a_cum (b,c,g,r,q)`` (float32 or wider), ``B, C (b,c,g,q,n)``, ``x_dt (b,c,g,r,q,p)``;
+    returns ``y (b,c,g,r,q,p)``.
     """
-    q = a.shape[-1]
-    causal = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
-    terms = a.unsqueeze(-2).expand(*a.shape[:-1], q, q).masked_fill(causal, 0.0)  # [.., j, k] = a_k if k > j
-    return terms.cumsum(dim=-1).masked_fill(~causal.T, float("-inf")).transpose(-1, -2)
+
+    @staticmethod
+    def forward(ctx, a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor) -> Tensor:
+        q = a_cum.shape[-1]
+        above = torch.ones(q, q, dtype=torch.bool, device=a_cum.device).triu(1)
+        log_decay = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # [i, j]: log decay from j to i
+        decay = log_decay.masked_fill_(above, float("-inf")).exp_().to(x_dt.dtype)  # L
+        mixer = decay * (C @ B.transpose(-1, -2)).unsqueeze(3)  # M = L o C B^T, (b,c,g,r,q,q)
+        ctx.save_for_backward(B, C, x_dt, decay, mixer)
+        ctx.a_dtype = a_cum.dtype
+        return mixer @ x_dt
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        B, C, x_dt, decay, mixer = ctx.saved_tensors
+        grad_x_dt = mixer.transpose(-1, -2) @ grad_y
+        grad_mixer = grad_y @ x_dt.transpose(-1, -2)  # (b,c,g,r,q,q)
+        grad_scores = grad_mixer * decay
+        grad_scores = grad_scores.squeeze(3) if grad_scores.shape[3] == 1 else grad_scores.sum(3)
+        grad_C = grad_scores @ B
+        grad_B = grad_scores.transpose(-1, -2) @ C
+        # d M_ij / d (a_cum_i - a_cum_j) = M_ij (zero above the diagonal, where M is 0)
+        grad_log_decay = grad_mixer.mul_(mixer)
+        grad_a_cum = grad_log_decay.sum(-1) - grad_log_decay.sum(-2)
+        return grad_a_cum.to(ctx.a_dtype), grad_B, grad_C, grad_x_dt
 
 
 class _ChunkRecurrence(torch.autograd.Function):
@@ -105,7 +133,8 @@ def ssd_scan(
     chunk_size: int,
     D: Optional[Tensor] = None,
     initial_state: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
+    return_final_state: bool = True,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """Run the SSD recurrence over a whole sequence with the chunked algorithm.
 
     Args:
@@ -117,6 +146,8 @@ def ssd_scan(
         chunk_size: the longest chunk; the sequence is cut into equal chunks of at most this length.
         D: optional skip, ``(h,)`` or ``(h, p)``.
         initial_state: optional ``(b, h, p, n)`` state before the first position.
+        return_final_state: ``False`` returns ``None`` for the state and, when the sequence fits
+            in one chunk and there is no initial state, skips the chunk-state steps 2-4 altogether.
 
     Returns:
         ``y (b, l, h, p)`` and the state after the last position, ``(b, h, p, n)``.
@@ -128,7 +159,7 @@ def ssd_scan(
     ngroups, d_state = B.shape[-2:]
     if length == 0:
         state = x.new_zeros(batch, nheads, headdim, d_state) if initial_state is None else initial_state
-        return x.clone(), state.to(x.dtype)
+        return x.clone(), (state.to(x.dtype) if return_final_state else None)
     per_group = nheads // ngroups
     # The decay exponents are summed over up to a chunk of steps: keep them at least float32.
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
@@ -145,14 +176,15 @@ def ssd_scan(
     shape = (batch, n_chunks, q, ngroups, per_group)
     a = (dt.to(acc_dtype) * A.to(acc_dtype)).reshape(shape).permute(0, 1, 3, 4, 2)  # (b,c,g,r,q): log A_t
     a_cum = a.cumsum(dim=-1)  # log decay from the chunk start to position i, inclusive
+    enters_state = n_chunks > 1 or initial_state is not None
     x_dt = (x * dt.unsqueeze(-1)).reshape(*shape, headdim).permute(0, 1, 3, 4, 2, 5).contiguous()  # (b,c,g,r,q,p)
     B = B.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()  # (b,c,g,q,n)
     C = C.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()
 
     # 1. Diagonal blocks: inside a chunk, the quadratic (masked attention) form y = (L o C B^T) x.
-    decay_mask_t = torch.exp(segsum(a).transpose(-1, -2)).to(x.dtype)  # L^T: (b,c,g,r,q,q)
-    scores_t = (B @ C.transpose(-1, -2)).unsqueeze(3)  # C_i . B_j, one per group: (b,c,g,1,q,q)
-    y = (decay_mask_t * scores_t).transpose(-1, -2) @ x_dt  # (b,c,g,r,q,p)
+    y = _DiagonalBlocks.apply(a_cum, B, C, x_dt)  # (b,c,g,r,q,p)
+    if not (enters_state or return_final_state):
+        return _finish(y, x, D, length), None
 
     # 2. Chunk states (right factors): what each chunk alone adds to the state at its end.
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum).to(x.dtype)  # (b,c,g,r,q)
@@ -166,16 +198,50 @@ def ssd_scan(
     if initial_state is None:
         initial_state = x.new_zeros(batch, nheads, headdim, d_state)
     entering, final_state = _ChunkRecurrence.apply(chunk_decay, states, initial_state.to(x.dtype))
-    entering = entering.view(batch, n_chunks, ngroups, per_group * headdim, d_state)
 
-    # 4. Off-diagonal blocks (left factors): the entering state read out by C, decayed to position i.
-    y_from_state = (C @ entering.transpose(-1, -2)).view(batch, n_chunks, ngroups, q, per_group, headdim)
-    y = y + y_from_state.transpose(3, 4) * torch.exp(a_cum).to(x.dtype).unsqueeze(-1)
+    # 4. Off-diagonal blocks (left factors): the entering state read out by C, decayed to position i
+    #    (zero when the only chunk starts from a zero state).
+    if enters_state:
+        entering = entering.view(batch, n_chunks, ngroups, per_group * headdim, d_state)
+        y_from_state = (C @ entering.transpose(-1, -2)).view(batch, n_chunks, ngroups, q, per_group, headdim)
+        y = y + y_from_state.transpose(3, 4) * torch.exp(a_cum).to(x.dtype).unsqueeze(-1)
 
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * q, nheads, headdim)[:, :length]
+    return _finish(y, x, D, length), (final_state if return_final_state else None)
+
+
+def _finish(y: Tensor, x: Tensor, D: Optional[Tensor], length: int) -> Tensor:
+    """Chunked ``(b,c,g,r,q,p)`` back to ``(b, l, h, p)``, plus the skip ``D x``."""
+    batch, n_chunks, _, _, q, headdim = y.shape
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * q, -1, headdim)[:, :length]
     if D is not None:
         y = y + x[:, :length] * (D.unsqueeze(-1) if D.dim() == 1 else D)
-    return y, final_state
+    return y
+
+
+def ssd_final_state(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, initial_state: Optional[Tensor] = None
+) -> Tensor:
+    """The state after the last position alone, without any output: ``(b, h, p, n)``.
+
+    ``S_T = sum_s exp(a_{s+1} + ... + a_T) dt_s x_s B_s^T + exp(a_1 + ... + a_T) S_0`` (the
+    recurrence of ``ssd_step`` unrolled; ``a_t = dt_t A``): one matmul over the whole length, so
+    linear in it, and far cheaper than ``ssd_scan`` when only the last output is wanted (the output
+    there is ``S_T C_T + D x_T``). The exponents are suffix sums of the negative ``a``, summed
+    directly (never a difference of two large cumulative sums), so the weights stay exact.
+    Same layout and rules as ``ssd_scan``.
+    """
+    _check(x, dt, A, B, B, None)
+    batch, length, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[-2:]
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    a_after = F.pad((dt.to(acc_dtype) * A.to(acc_dtype))[:, 1:], (0, 0, 0, 1))  # a_{s+1}, 0 at the end
+    decay_to_end = a_after.flip(1).cumsum(1).flip(1).exp().to(x.dtype)  # (b, l, h)
+    x_w = (x * (dt.to(x.dtype) * decay_to_end).unsqueeze(-1)).view(batch, length, ngroups, -1)  # (b,l,g,r*p)
+    state = (x_w.permute(0, 2, 3, 1) @ B.transpose(1, 2)).view(batch, nheads, headdim, d_state)
+    if initial_state is not None:
+        total = (dt.to(acc_dtype) * A.to(acc_dtype)).sum(1).exp().to(x.dtype)  # (b, h)
+        state = state + total[:, :, None, None] * initial_state.to(x.dtype)
+    return state
 
 
 def ssd_step(

@@ -100,6 +100,17 @@ class Hydra(GenerativeSequentialRecommender):
             h = layer(h)
         return h
 
+    def _last_hidden(self, interaction):
+        return self._last_output(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+
+    def _last_output(self, item_seq, item_seq_len):
+        """``forward`` at the last real position of each row, ``(b, d)``. Scoring needs only that
+        position, so the last layer computes only it (``HydraLayer.forward_last``)."""
+        h = self._embed(item_seq)
+        for layer in self.layers[:-1]:
+            h = layer(h)
+        return self.layers[-1].forward_last(h, item_seq_len)
+
     def _embed(self, item_seq):
         return self.emb_norm(self.emb_dropout(self._item_vectors(item_seq)))  # eq 3
 

@@ -99,7 +99,7 @@ class HydraMD(Hydra):
     def _query(self, interaction):
         h_domain = self._last_hidden(interaction)
         merged_len = interaction[self.MERGED_SEQ_LEN]
-        h_merged = self.gather_indexes(self.forward(interaction[self.MERGED_SEQ], merged_len), merged_len - 1)
+        h_merged = self._last_output(interaction[self.MERGED_SEQ], merged_len)
         if self.similarity == "cosine":
             return _scores_space(h_domain, "cosine") + _scores_space(h_merged, "cosine")
         return h_domain + h_merged
