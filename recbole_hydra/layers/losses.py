@@ -38,13 +38,18 @@ def sampled_softmax_loss(query, pos_emb, neg_emb, temperature, similarity="cosin
     query, pos_emb: (N, d), one row per predicted position. neg_emb: (K, d), negatives shared by
     all rows. neg_mask: optional (N, K) bool, True where negative k must not count for row i
     (it is the row's positive, or an item of the row's own sequence).
+
+    The (N, K) logits are the largest tensor of a training step (K = 512 negatives against every
+    position): 1/tau is folded into the (N, d) query, the mask is applied in place, and the
+    softmax is PyTorch's fused cross-entropy with the positive in column 0.
     """
-    pos_logit = paired_similarity(query, pos_emb, similarity).unsqueeze(-1) / temperature
-    neg_logits = similarity_scores(query, neg_emb, similarity) / temperature
+    query = _scores_space(query, similarity) / temperature
+    pos_logit = (query * _scores_space(pos_emb, similarity)).sum(-1, keepdim=True)
+    neg_logits = query @ _scores_space(neg_emb, similarity).T
     if neg_mask is not None:
-        neg_logits = neg_logits.masked_fill(neg_mask, float("-inf"))
+        neg_logits = neg_logits.masked_fill_(neg_mask, float("-inf"))
     logits = torch.cat([pos_logit, neg_logits], dim=-1)
-    return (torch.logsumexp(logits, dim=-1) - pos_logit.squeeze(-1)).mean()
+    return F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long))
 
 
 def full_softmax_loss(query, item_table, target, temperature=1.0, similarity="dot"):
