@@ -7,6 +7,7 @@ PLUGIN_MODELS = {
     "HydraMD": "recbole_hydra.model.hydra_md",
     "Mamba4Rec": "recbole_hydra.model.mamba4rec",
     "HSTU": "recbole_hydra.model.hstu",
+    "SASRecGen": "recbole_hydra.model.sasrec_gen",
 }
 
 
