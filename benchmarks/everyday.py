@@ -1,0 +1,225 @@
+"""Issue 11: Hydra against attention at everyday lengths, on real data, same objective and batches.
+
+    python benchmarks/everyday.py [--datasets ml-100k,ml-1m] [--lengths 50,200] \
+        [--models Hydra,HSTU,SASRecGen] [--threads 2] [--out everyday] [--repo PATH --label before]
+
+For every (dataset, length, model), in a fresh process: RecBole's own data pipeline (LOO, order
+TO) with ``MAX_ITEM_LIST_LENGTH = length``, each model's default architecture, and ONE objective
+for all (generative InfoNCE, 512 negatives shared by the batch, no history item as negative,
+cosine, tau 0.05, batch 128): the seconds of one training epoch (RecBole trainer's
+``_train_epoch``, data loading included), of one full-ranking evaluation of all users on the
+validation split (``trainer.evaluate``, metrics included), and the peak resident memory of each
+(the kernel's high-water mark, reset before each phase; what the data already holds included).
+
+``--repo PATH`` imports recbole_hydra from another checkout (a ``git worktree`` of an older
+commit) and ``--label`` names the run: how the before/after table is made. ``--profile MODEL``
+instead writes torch.profiler's breakdown of a training step and an evaluation batch (ml-100k,
+length 200). Results go to benchmarks/results/<out>.json (one entry per run, merged) and
+<out>.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+OBJECTIVE = {"loss_type": "InfoNCE", "num_negatives": 512, "exclude_history_negatives": True,
+             "similarity": "cosine", "temperature": 0.05, "train_mode": "generative",
+             "max_windows_per_user": 0, "train_batch_size": 128, "eval_batch_size": 1024,
+             "show_progress": False, "seed": 2020, "reproducibility": False}
+
+
+def _peak_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (Linux >= 4.0)
+        f.write("5")
+
+
+def _setup(model_name, dataset, length, data_path):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from recbole.data import data_preparation
+
+    from recbole_hydra.quick_start import create_dataset, get_trainer, load_model, make_config
+
+    config = make_config(model_name, dataset, config_dict={
+        **OBJECTIVE, "MAX_ITEM_LIST_LENGTH": length, "data_path": os.path.abspath(data_path)})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = load_model(config, train._dataset)
+    trainer = get_trainer(config)(config, model)
+    return config, model, trainer, train, valid
+
+
+def point(model_name, dataset, length, data_path):
+    """One measurement in this process; prints a JSON line."""
+    import torch
+
+    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    _reset_peak()
+    t0 = time.perf_counter()
+    trainer._train_epoch(train, 0, show_progress=False)
+    train_s = time.perf_counter() - t0
+    train_peak = _peak_mb()
+    _reset_peak()
+    t0 = time.perf_counter()
+    trainer.evaluate(valid, load_best_model=False, show_progress=False)
+    eval_s = time.perf_counter() - t0
+    print(json.dumps({
+        "model": model_name, "dataset": dataset, "length": length, "threads": torch.get_num_threads(),
+        "train_epoch_s": train_s, "train_batches": len(train), "train_peak_mb": train_peak,
+        "eval_s": eval_s,
+        "eval_peak_mb": _peak_mb(), "params": sum(p.numel() for p in model.parameters()),
+    }))
+
+
+def profile(model_name, data_path, rows=25):
+    """torch.profiler breakdown (self CPU time by op and input shape) of 3 training steps and one
+    evaluation batch on ml-100k at length 200."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    config, model, trainer, train, valid = _setup(model_name, "ml-100k", 200, data_path)
+    batches = [b.to(model.device) for b, _ in zip(train, range(4))]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(batch):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+
+    model.train()
+    step(batches[0])
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for batch in batches[1:]:
+            step(batch)
+    train_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
+    model.eval()
+    eval_batch = next(iter(valid))[0].to(model.device)
+    with torch.no_grad():
+        model.full_sort_predict(eval_batch)
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model.full_sort_predict(eval_batch)
+    eval_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
+    return train_table, eval_table
+
+
+def run_point(args, model, dataset, length):
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    repo = os.path.abspath(args.repo) if args.repo else str(REPO)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, os.path.abspath(__file__), "--point", model, dataset, str(length),
+           os.path.abspath(args.data_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=args.workdir)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"  {model} {dataset} L={length}: failed ({tail})", flush=True)
+        return None
+    result = json.loads(lines[-1])
+    result["label"] = args.label
+    return result
+
+
+def write_markdown(entries, path, command):
+    labels = list(dict.fromkeys(e["label"] for e in entries))
+    after = [e for e in entries if e["label"] == labels[-1]]
+    lines = [
+        "# Hydra at everyday lengths (issue 11)", "",
+        f"Command: `{command}`  ",
+        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()}; threads per run: {after[0]['threads'] if after else '?'}  ",
+        "Protocol: RecBole LOO (order TO); every model with its own architecture defaults and the SAME "
+        "objective and batches (generative InfoNCE, 512 shared negatives without history items, cosine, "
+        "tau 0.05, batch 128). Train = one epoch of RecBole's trainer (data loading included); eval = "
+        "full ranking of every user on the validation split (RecBole's evaluator included); peak = "
+        "process high-water RSS during that phase (the loaded dataset included).", "",
+    ]
+    for label in labels:
+        rows = [e for e in entries if e["label"] == label]
+        lines += [f"## {label}", "",
+                  "| dataset | length | model | params | train epoch s | eval s | train peak MB | eval peak MB "
+                  "| Hydra/model train | Hydra/model eval | Hydra/model train peak |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in rows:
+            hydra = next((h for h in rows if h["model"] == "Hydra" and h["dataset"] == e["dataset"]
+                          and h["length"] == e["length"]), None)
+            ratio = (lambda k: f"{hydra[k] / e[k]:.2f}x") if hydra else (lambda k: "")
+            lines.append(f"| {e['dataset']} | {e['length']} | {e['model']} | {e['params']:,} | "
+                         f"{e['train_epoch_s']:.1f} | {e['eval_s']:.1f} | {e['train_peak_mb']:.0f} | "
+                         f"{e['eval_peak_mb']:.0f} | {ratio('train_epoch_s')} | {ratio('eval_s')} | "
+                         f"{ratio('train_peak_mb')} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="ml-100k,ml-1m")
+    parser.add_argument("--lengths", default="50,200")
+    parser.add_argument("--models", default="Hydra,HSTU,SASRecGen")
+    parser.add_argument("--threads", type=int, default=0, help="OMP threads per run (0: torch's default)")
+    parser.add_argument("--data_path", default="dataset")
+    parser.add_argument("--workdir", default=None, help="where runs write log/ (default: a temp dir)")
+    parser.add_argument("--repo", default=None, help="import recbole_hydra from this checkout instead")
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--out", default="everyday")
+    parser.add_argument("--profile", default=None, metavar="MODEL")
+    parser.add_argument("--point", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        model, dataset, length, data_path = args.point
+        return point(model, dataset, int(length), data_path)
+    if args.workdir is None:
+        import tempfile
+
+        args.workdir = tempfile.mkdtemp(prefix="recbole-hydra-everyday-")
+    if args.profile:
+        sys.path.insert(0, os.path.abspath(args.repo) if args.repo else str(REPO))
+        os.chdir(args.workdir)
+        train_table, eval_table = profile(args.profile, os.path.abspath(os.path.join(REPO, args.data_path)))
+        out = RESULTS / f"{args.out}-profile-{args.profile}-{args.label}.md"
+        out.write_text(f"# torch.profiler: {args.profile} ({args.label}), ml-100k, length 200\n\n"
+                       f"Command: `python benchmarks/everyday.py {' '.join(sys.argv[1:])}`\n\n"
+                       "## 3 training steps (batch 128)\n\n```\n" + train_table + "\n```\n\n"
+                       "## one evaluation batch (1024 users)\n\n```\n" + eval_table + "\n```\n")
+        print(f"wrote {out}")
+        return
+    json_path = RESULTS / f"{args.out}.json"
+    entries = json.loads(json_path.read_text()) if json_path.exists() else []
+    for dataset in args.datasets.split(","):
+        for length in (int(v) for v in args.lengths.split(",")):
+            for model in args.models.split(","):
+                print(f"{args.label}: {model} on {dataset} at length {length} ...", flush=True)
+                result = run_point(args, model, dataset, length)
+                if result is None:
+                    continue
+                print(f"  train {result['train_epoch_s']:.1f} s, eval {result['eval_s']:.1f} s, "
+                      f"peak {result['train_peak_mb']:.0f}/{result['eval_peak_mb']:.0f} MB", flush=True)
+                key = (args.label, model, dataset, length)
+                entries = [e for e in entries if (e["label"], e["model"], e["dataset"], e["length"]) != key]
+                entries.append(result)
+                json_path.write_text(json.dumps(entries, indent=1))
+    order = {"before": 0}
+    entries.sort(key=lambda e: (order.get(e["label"], 1), e["dataset"], e["length"], e["model"] != "Hydra", e["model"]))
+    write_markdown(entries, RESULTS / f"{args.out}.md", "python benchmarks/everyday.py " + " ".join(sys.argv[1:]))
+    print(f"wrote {RESULTS / (args.out + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
