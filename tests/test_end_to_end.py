@@ -63,6 +63,35 @@ def test_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
     assert seen[-1] < 0.05 * peak  # cosine decayed to (almost) zero by the last step
 
 
+def test_time_budget_stops_inside_an_epoch_and_keeps_its_checkpoint(tmp_path):
+    """An epoch longer than the budget is cut between two batches; the partial epoch is validated,
+    saved and tested, and no further epoch starts."""
+    data = ml100k_slice(tmp_path / "data", n_users=30)
+    config = quiet_config(data, epochs=5, train_batch_size=2, time_budget_s=0.0,
+                          checkpoint_dir=str(tmp_path / "saved"), **TINY_HYDRA)
+    losses = []
+    original = Hydra.calculate_loss
+
+    def counting(self, interaction):
+        losses.append(1)
+        return original(self, interaction)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Hydra, "calculate_loss", counting)
+        result = run("Hydra", "ml-100k-slice", config_dict=config)
+    (entry,) = result["history"]
+    assert entry["batches"] == len(losses) == 1 and entry["batches_per_epoch"] > 1
+    assert "valid_score" in entry and set(result["test_result"]) == METRICS
+    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "Hydra"
+
+
+def test_time_budget_lets_epochs_that_fit_run_whole(tmp_path):
+    data = ml100k_slice(tmp_path / "data", n_users=30)
+    config = quiet_config(data, epochs=2, time_budget_s=3600.0, **TINY_HYDRA)
+    result = run("Hydra", "ml-100k-slice", config_dict=config, saved=False)
+    assert result["epochs"] == 2 and not any("batches" in h for h in result["history"])
+
+
 def test_checkpoint_reevaluates_to_the_same_test_result(trained):
     result, _ = trained
     again = evaluate_checkpoint(result["model_file"], show_progress=False)
