@@ -144,8 +144,14 @@ class StreamingRecommender:
         user) never recommended."""
         scores = self.scores(state)
         scores[:, 0] = -torch.inf
+        excluded = 1
         if exclude is not None:
-            scores[:, torch.as_tensor(exclude, dtype=torch.long, device=scores.device)] = -torch.inf
+            exclude = torch.as_tensor(exclude, dtype=torch.long, device=scores.device)
+            scores[:, exclude] = -torch.inf
+            excluded = len(torch.unique(torch.cat([exclude.flatten(), exclude.new_zeros(1)])))
+        candidates = scores.shape[1] - excluded
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= candidates:
+            raise ValueError(f"k must be an integer from 1 to {candidates} (the items left to recommend), got {k!r}")
         return scores.topk(k, dim=-1)
 
 
@@ -159,6 +165,8 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
     """
     import sys
 
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ValueError(f"replay must be a non-negative integer, got {replay!r}")
     out = out or sys.stdout
     config, model, dataset, _, _, test = compat.load_data_and_model(checkpoint)
     streamer = StreamingRecommender(model.to("cpu"))
@@ -174,14 +182,14 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
             raise ValueError(f"user {user!r} has no test history to recommend from")
         row = inter[rows[-1:]]
         history = row[model.ITEM_SEQ][0, : int(row[model.ITEM_SEQ_LEN][0])].tolist() + [int(row[iid_field][0])]
-        replay = min(replay, len(history) - 1)
-        state = streamer.init_state(history[: len(history) - replay])
-        events = history[len(history) - replay:]
-        for step in range(replay + 1):
-            seen = history[: len(history) - replay + step]
+        n_replay = min(replay, len(history) - 1)  # this user's; a short history caps only its own
+        state = streamer.init_state(history[: len(history) - n_replay])
+        events = history[len(history) - n_replay:]
+        for step in range(n_replay + 1):
+            seen = history[: len(history) - n_replay + step]
             _, items = streamer.topk(state, k, exclude=seen)
             tokens = dataset.id2token(iid_field, items[0].tolist())
             label = f"after {dataset.id2token(iid_field, [seen[-1]])[0]}" if replay else f"{len(seen)} events"
             out.write(f"user {user} ({label}): {' | '.join(map(str, tokens))}\n")
-            if step < replay:
+            if step < n_replay:
                 state = streamer.update(state, events[step])

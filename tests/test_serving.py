@@ -104,3 +104,30 @@ def test_recommend_command_replays_events(tmp_path, capsys):
     assert len(lines) == 2 * 3 and all(len(l.split(": ")[1].split(" | ")) == 3 for l in lines)
     assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=nobody"]) == 2
     assert "unknown user 'nobody'" in capsys.readouterr().err
+    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=u1", "--k=1000"]) == 2
+    assert "k must be an integer from 1 to" in capsys.readouterr().err
+
+
+def test_recommend_replays_each_users_own_events(tmp_path, capsys):
+    """A user with a short history replays fewer events without capping the users after it."""
+    import run_hydra
+
+    rows = [r for r in random_sequences(15, 30, 11, 12) if r[0] != "u0"] + [("u0", f"i{t}", t) for t in range(4)]
+    root = write_inter(tmp_path / "data", "toy", rows)
+    result = run("Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL))
+    capsys.readouterr()
+    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=u0,u1",
+                           "--k=2", "--replay=5"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("user ")]
+    # u0's test row holds its 3 earlier events and the test item: 3 replayed events, 4 lines;
+    # u1's holds 10 + 1: all 5 replayed, 6 lines
+    assert [l.split(" ")[1] for l in lines] == ["u0"] * 4 + ["u1"] * 6
+
+
+def test_topk_needs_k_within_the_items_left(streamer):
+    state = streamer.init_state([1, 2, 3])
+    n_items = streamer.scores(state).shape[1]
+    assert streamer.topk(state, n_items - 3, exclude=[2, 3])[1].shape == (1, n_items - 3)
+    for k in (0, n_items - 2, 2.0):
+        with pytest.raises(ValueError, match="k must be an integer from 1 to"):
+            streamer.topk(state, k, exclude=[2, 3])
