@@ -9,8 +9,9 @@ Every (model, length) point runs in a fresh process: batch = tokens // length se
 position; SASRec/Mamba4Rec: last-position CE, their defaults). It times forward + backward +
 AdamW step (median of ``--repeats`` after one warm-up) and reads the process's peak RSS. A point
 that passes ``--timeout`` seconds or ``--mem-gb`` of address space is reported as out of time /
-memory, and longer lengths of that model are skipped. Writes ``benchmarks/results/scaling.md``
-and ``scaling.png`` (log-log).
+memory, and longer lengths of that model are skipped. Writes ``benchmarks/results/scaling.json``
+(every point, merged with the points of earlier runs, so that ``--models``/``--lengths`` can
+rerun a few), ``scaling.md`` and ``scaling.png`` (log-log), both over all points.
 """
 
 import argparse
@@ -114,6 +115,9 @@ def main():
         return point(model, int(length), int(tokens), int(repeats))
     models = args.models.split(",")
     lengths = [int(n) for n in args.lengths.split(",")]
+    out = Path(args.out)
+    json_path = out / "scaling.json"
+    earlier = json.loads(json_path.read_text()) if json_path.exists() else []
     results = {}
     for model in models:
         for length in lengths:
@@ -129,8 +133,16 @@ def main():
             print(f"{model} L={length}: {shown}", flush=True)
     import torch
 
-    out = Path(args.out)
+    # Merge with the points of earlier runs (``--models``/``--lengths`` rerun only some points).
+    points = {(e["model"], e["length"]): e for e in earlier}
+    for (model, length), r in results.items():
+        if length != "stopped":
+            points[(model, length)] = {"model": model, "length": length, **r}
     out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(list(points.values()), indent=1))
+    models = list(dict.fromkeys([m for m, _ in points] + models))
+    lengths = sorted({n for _, n in points})
+    results = {(m, n): points.get((m, n), {"status": "not run"}) for m in models for n in lengths}
     md = ["# Scaling: training step against sequence length", "",
           f"Command: `python benchmarks/scaling.py {' '.join(sys.argv[1:])}`  ",
           f"Hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
