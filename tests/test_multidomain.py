@@ -388,6 +388,12 @@ def test_too_small_domains_and_other_bad_input(tmp_path):
         build(root, domains=["books", "movies"])
     with pytest.raises(MultiDomainError, match="generative only"):
         build(write_domains(tmp_path / "p", "md", HAND), train_mode="prefix")
+    # a listed domain that RecBole's filters empty is an error, not a silent drop
+    music_user = list(HAND) + [("u4", f"m{k}", k, "music") for k in range(4)]
+    root = write_domains(tmp_path / "filtered", "md", music_user)
+    build(root, domains=["books", "movies", "music"], user_inter_num_interval="[4,inf)")
+    with pytest.raises(MultiDomainError, match=r"\['music'\] have no interactions left after RecBole's filtering"):
+        build(root, domains=["books", "movies", "music"], user_inter_num_interval="[5,inf)")
 
 
 def test_hydramd_yaml_has_every_hydra_key():

@@ -252,7 +252,13 @@ class MultiDomainSequentialDataset(SequentialDataset):
         wanted = [str(d) for d in self.config["domains"] or []]
         present = sorted(set(np.unique(inter[field].values)) - {0})
         names = [str(tokens[d]) for d in present]
-        order = [names.index(w) for w in wanted if w in names] if wanted else np.argsort(names)
+        emptied = [w for w in wanted if w not in names]
+        if emptied:
+            raise MultiDomainError(
+                f"domain(s) {emptied} have no interactions left after RecBole's filtering "
+                f"(user_inter_num_interval, item_inter_num_interval, ...); present: {names}: "
+                "relax the filters or drop them from domains: [...]")
+        order = [names.index(w) for w in wanted] if wanted else np.argsort(names)
         self.domain_ids = [int(present[i]) for i in order]
         self.domain_names = [names[i] for i in order]
         if len(self.domain_ids) < 2:

@@ -61,9 +61,13 @@ class HydraMD(Hydra):
     positive's own domain (one draw per domain per step, shared by the batch's positives of that
     domain), never the positive, and with ``exclude_history_negatives`` never an item of the
     window being trained on. The paper's sums are normalised: ``L_cross`` is divided by the number
-    of merged positions in the batch and ``sum_s L_single^s`` by the number of domain positions
-    (without truncation both equal the number of training interactions, so this is the paper's
-    ``L_cross + sum_s L_single^s`` up to one constant factor). ``loss_type: CE`` is the full
+    of merged positions in the batch and ``sum_s L_single^s`` by the number of domain positions,
+    i.e. each is a mean over its own positions. The two counts differ (a user's first item in
+    each domain predicts nothing in its domain sequence, but all but the first item overall do in
+    the merged one: sum_u (n_u - 1) against sum_u sum_s (n_us - 1)), so this is the paper's
+    ``L_cross + sum_s L_single^s`` with the two terms weighted by slightly different constants
+    (equal weight per mean, so that neither term dominates by sequence count alone: our choice,
+    NOTES.md is silent). ``loss_type: CE`` is the full
     softmax over the positive's domain. Each training step runs inside the item LLM's ``step()``
     (when ``item_model: llm``): every distinct item of the step is encoded once.
 
