@@ -211,6 +211,23 @@ def test_block_gradcheck():
     assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(block, {"conv1d.weight": w}, (u,)), (conv_w,))
 
 
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 7])  # shorter than, equal to and longer than the width
+def test_causal_conv_silu_equals_conv1d_and_gradchecks(length):
+    from recbole_hydra.layers.mamba2 import _CausalConvSiLU
+
+    torch.manual_seed(length)
+    width, heads, channels = 4, 2, 3
+    proj = torch.randn(2, length, heads, 2 * channels + 1, dtype=F64)
+    x = proj[..., channels:2 * channels].requires_grad_()  # a strided view, as the blocks pass it
+    weight = torch.randn(heads, channels, width, dtype=F64, requires_grad=True)
+    bias = torch.randn(heads, channels, dtype=F64, requires_grad=True)
+    flat = x.reshape(2, length, -1).transpose(1, 2)
+    reference = F.silu(F.conv1d(flat, weight.reshape(-1, 1, width), bias.reshape(-1), padding=width - 1,
+                                groups=heads * channels)[..., :length]).transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(_CausalConvSiLU.apply(x, weight, bias), reference, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(_CausalConvSiLU.apply, (x.detach().requires_grad_(), weight, bias))
+
+
 def test_initialisation_as_mamba_ssm():
     torch.manual_seed(0)
     block = Mamba2(64, d_state=16, headdim=8)  # 16 heads
