@@ -6,7 +6,9 @@
    (``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, ``load_data_and_model``).
    ``load_recbole_checkpoint`` loads them with ``weights_only=False``, the behaviour RecBole was
    written for; as with any pickle, load only checkpoints you trust. RecBole's trainer module
-   gets it as its ``torch.load``; ``torch.load`` elsewhere is untouched.
+   gets it as its ``torch.load``, and RecBole's ``load_data_and_model`` is this module's (also
+   through a reference taken before ``recbole_hydra`` was imported: shim 3); ``torch.load``
+   elsewhere is untouched.
 2. Warnings RecBole 1.2.1 raises on today's pandas that no user can act on (chained-assignment
    FutureWarnings inside its loader): ``quiet_known_warnings`` filters exactly those; the CLI
    calls it.
@@ -216,4 +218,16 @@ def install(get_model, create_dataset):
         importlib.import_module(name).ensure_dir = ensure_dir
     qs.get_model = get_model
     qs.create_dataset = create_dataset
+    recbole_loader = qs.load_data_and_model
     qs.load_data_and_model = recbole.quick_start.load_data_and_model = load_data_and_model
+    if recbole_loader is not load_data_and_model and recbole_loader.__code__ is not _call_ours.__code__:
+        # RecBole's function imports torch locally, so no module global reaches its torch.load;
+        # a reference taken before this import (``from recbole.quick_start import
+        # load_data_and_model`` above ``import recbole_hydra``) gets this module's version too.
+        recbole_loader.__code__ = _call_ours.__code__
+
+
+def _call_ours(model_file):
+    from recbole_hydra.compat import load_data_and_model as ours
+
+    return ours(model_file)

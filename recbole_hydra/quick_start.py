@@ -20,7 +20,7 @@ from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
-from recbole.utils import init_logger, init_seed
+from recbole.utils import InputType, init_logger, init_seed
 
 from recbole_hydra import compat
 from recbole_hydra.data.amazon2023 import missing_dataset_hint
@@ -86,6 +86,12 @@ def config_files(model_name, dataset, config_file_list=None):
     return [str(f) for f in files if f.exists()] + list(config_file_list or [])
 
 
+#: RecBole 1.2.1's default ``train_neg_sample_args``, which ``properties/overall.yaml`` turns off
+#: (the models here sample their own negatives, and RecBole refuses CE models with it on).
+RECBOLE_NEG_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False,
+                        "candidate_num": 0}
+
+
 def make_config(model, dataset, config_file_list=None, config_dict=None):
     model_class = get_model(model)
     for f in config_file_list or []:
@@ -97,8 +103,19 @@ def make_config(model, dataset, config_file_list=None, config_dict=None):
         config_file_list=config_files(model_class.__name__, dataset, config_file_list),
         config_dict=config_dict,
     )
+    sampling = config["train_neg_sample_args"] or {}
+    if getattr(model_class, "input_type", None) == InputType.PAIRWISE and sampling.get("distribution", "none") == "none":
+        # A pairwise RecBole model (BPR, ...) needs RecBole's negative sampling back.
+        config = Config(model=model_class, dataset=dataset,
+                        config_file_list=config_files(model_class.__name__, dataset, config_file_list),
+                        config_dict={**(config_dict or {}), "train_neg_sample_args": RECBOLE_NEG_SAMPLING})
     check_config(config)
     return config
+
+
+#: size keys that must be positive integers when a model reads them (None: the model's default)
+POSITIVE_INT_KEYS = ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand", "d_conv",
+                     "chunk_size", "ffn_inner_size", "inner_size", "train_batch_size", "eval_batch_size")
 
 
 def check_config(config):
@@ -106,6 +123,10 @@ def check_config(config):
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if max_len is not None and int(max_len) < 1:
         raise UsageError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_len}")
+    for key in POSITIVE_INT_KEYS:
+        value = config[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{key} must be a positive integer, got {value!r}")
     hidden, heads = config["hidden_size"], config["n_heads"]
     if hidden and heads and not config["head_size"] and int(hidden) % int(heads):
         raise UsageError(
@@ -136,6 +157,28 @@ def check_config(config):
                 f"{inter} has no {config[key]!r} column (its columns: {', '.join(header)}); "
                 f"sequential models need it: add the column or set {key}"
             )
+    load_col = config["load_col"]
+    order = (config["eval_args"] or {}).get("order")
+    time_field = config["TIME_FIELD"]
+    if isinstance(load_col, dict) and order == "TO" and time_field and time_field not in (load_col.get("inter") or []):
+        columns = [c for c in (load_col.get("inter") or []) if c != time_field] + [time_field]
+        raise UsageError(
+            f"the split orders interactions by time, but load_col loads only {load_col.get('inter')} "
+            f"of {dataset}.inter: load {time_field!r} too, e.g. --load_col=\"{{'inter': {columns}}}\" "
+            f"or load_col in a yaml (properties/dataset/{dataset}.yaml)"
+        )
+
+
+def check_dataset(config, dataset):
+    """What can only be checked once the data is loaded."""
+    candidates = dataset.item_num - 1  # the padding item is never ranked
+    too_deep = [k for k in (config["topk"] or []) if k > candidates]
+    if too_deep:
+        fits = [k for k in config["topk"] if k <= candidates] or [min(10, candidates)]
+        raise UsageError(
+            f"topk {too_deep} asks for more items than {config['dataset']} has ({candidates}): "
+            f"set e.g. --topk=\"{fits}\" (and valid_metric to one of its cut-offs)"
+        )
 
 
 def load_model(config, train_dataset):
@@ -174,6 +217,7 @@ def train_and_test(config, saved=True, epoch_callback=None):
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_dataset(config, dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = load_model(config, train_data._dataset)
     logger.info(model)

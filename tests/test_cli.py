@@ -38,6 +38,13 @@ def toy(tmp_path):
     (["--dataset=toy", "--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be >= 1"),
     (["--dataset=toy", "--config_files=missing.yaml"], "config file missing.yaml does not exist"),
     (["--checkpoint=saved/none.pth"], "checkpoint saved/none.pth does not exist"),
+    (["--dataset=toy", "--n_heads=0"], "n_heads must be a positive integer, got 0"),
+    (["--dataset=toy", "--n_heads=-2"], "n_heads must be a positive integer, got -2"),
+    (["--dataset=toy", "--hidden_size=0"], "hidden_size must be a positive integer"),
+    (["--dataset=toy", "--chunk_size=0"], "chunk_size must be a positive integer"),
+    (["--dataset=toy"], "the split orders interactions by time, but load_col loads only"),
+    (["--dataset=toy", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--topk=[5,50]"],
+     "topk [50] asks for more items than toy has ("),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, toy, argv, message):
     code, err = run_main(capsys, f"--data_path={toy}", "--show_progress=False", "--state=ERROR", *argv)

@@ -128,6 +128,28 @@ def test_shim_checkpoint_needed_and_works(trained):
     assert trainer_module.torch.nn is torch.nn  # everything else is torch itself
 
 
+def test_recbole_loader_imported_before_the_plugin_reloads_a_checkpoint(trained, tmp_path):
+    """``from recbole.quick_start import load_data_and_model`` before ``import recbole_hydra``
+    holds RecBole's own function: its module's torch.load must read the checkpoint too."""
+    result, _ = trained
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[2])\n"
+        "from recbole.quick_start import load_data_and_model\n"
+        "import recbole_hydra\n"
+        "config, model, *_ = load_data_and_model(sys.argv[1])\n"
+        "print(type(model).__name__)\n"
+    )
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", script, result["model_file"], repo], capture_output=True,
+                          text=True, cwd=Path(result["model_file"]).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "Hydra"
+
+
 def test_shim_plugin_models_resolve_in_recbole():
     """RecBole's get_model only knows recbole.model; its quick_start module now finds plugins."""
     with pytest.raises((ValueError, ImportError)):  # ImportError: it imports exlib (lightgbm)
@@ -145,3 +167,11 @@ def test_recbole_model_runs_the_same_way(tmp_path):
     result = run("SASRec", "ml-100k-slice", config_dict=config)
     assert set(result["test_result"]) == METRICS
     assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "SASRec"
+
+
+def test_pairwise_recbole_model_gets_recboles_negative_sampling_back(tmp_path):
+    """overall.yaml turns RecBole's training negatives off (the models here sample their own);
+    a pairwise RecBole model such as BPR needs them and gets RecBole's default."""
+    data = ml100k_slice(tmp_path / "data", n_users=40)
+    result = run("BPR", "ml-100k-slice", config_dict=quiet_config(data, embedding_size=8), saved=False)
+    assert set(result["test_result"]) == METRICS

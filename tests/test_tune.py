@@ -71,7 +71,7 @@ def test_a_key_the_model_does_not_have_is_refused(capsys, tmp_path):
     data = ml100k_slice(tmp_path / "data", n_users=20)
     Path("typo.hyper").write_text("learnin_rate loguniform -8,0\n")
     code = run_hydra.main(["--tune", "--params_file=typo.hyper", "--dataset=ml-100k-slice",
-                           f"--data_path={data}"])
+                           f"--data_path={data}", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "learnin_rate is not a config key of Hydra" in err[0]
 
