@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardware import cpu_name  # benchmarks/hardware.py
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -93,15 +95,6 @@ def run_child(command, work: Path) -> dict:
             "max_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,7 +150,7 @@ Command (from the repository root):
 
     python benchmarks/amazon2023_convert.py --rows {args.rows}
 
-Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs while measuring), Python
+Machine: {cpu_name()}, {os.cpu_count()} cores (shared with other jobs while measuring), Python
 {platform.python_version()}, pyarrow {pa.__version__}, numpy {np.__version__}.
 
 Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published layout,

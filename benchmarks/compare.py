@@ -20,7 +20,6 @@ import argparse
 import ast
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hardware import machine_line  # benchmarks/hardware.py
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("recall", "ndcg")]
@@ -47,18 +48,9 @@ def worker(spec):
 
 
 def hardware():
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import torch
 
-    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return f"{machine_line()} ({torch.get_num_threads()} threads)"
 
 
 def run_all(args, overrides):

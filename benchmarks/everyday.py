@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from hardware import cpu_name  # benchmarks/hardware.py
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 OBJECTIVE = {"loss_type": "InfoNCE", "num_negatives": 512, "exclude_history_negatives": True,
@@ -151,7 +153,7 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
 def write_profile(results, path, dataset, length, command):
     lines = [f"# Where the time goes: {dataset}, length {length}", "",
              f"Command: `{command}`  ",
-             f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+             f"Hardware: {cpu_name()}, {os.cpu_count()} cores; "
              f"Python {platform.python_version()}; torch threads: {results[0]['threads']}  ",
              "Same objective and batches as the everyday table (generative InfoNCE, 512 shared negatives, "
              "batch 128). FLOPs: matmul FLOPs of one training step, forward + backward, counted by "
@@ -197,7 +199,7 @@ def write_markdown(entries, path, command):
     lines = [
         "# Hydra at everyday lengths (issue 11)", "",
         f"Command: `{command}`  ",
-        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"Hardware: {cpu_name()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}; threads per run: {after[0]['threads'] if after else '?'}  ",
         "Protocol: RecBole LOO (order TO); every model with its own architecture defaults and the SAME "
         "objective and batches (generative InfoNCE, 512 shared negatives without history items, cosine, "

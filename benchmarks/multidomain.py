@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardware import cpu_name  # benchmarks/hardware.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -125,16 +127,6 @@ def _train_s(result):
     return sum(h["train_s"] for h in result["history"])
 
 
-def _cpu():
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 CAVEATS = (
     "**Reading it.** Equal epochs are not equal work: in an epoch HydraMD predicts every training "
     "interaction twice (once in the merged windows, once in its domain's windows) and its shared "
@@ -156,7 +148,7 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
         "# Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m",
         "",
         f"Command: `OMP_NUM_THREADS=1 {cmd.strip()}`  ",
-        f"Hardware: {_cpu()}, one thread (`torch.set_num_threads(1)`), shared with other jobs; "
+        f"Hardware: {cpu_name()}, one thread (`torch.set_num_threads(1)`), shared with other jobs; "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         "",
         "**Data: a proxy, not the paper's domains.** ml-1m split into four domains by each movie's "

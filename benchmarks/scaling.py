@@ -17,7 +17,6 @@ rerun a few), ``scaling.md`` and ``scaling.png`` (log-log), both over all points
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from hardware import cpu_name  # benchmarks/hardware.py
 
 REPO = Path(__file__).resolve().parent.parent
 N_ITEMS = 3706  # ml-1m
@@ -89,13 +90,6 @@ def run_point(model, length, args):
         return {"status": f"out of memory (> {args.mem_gb} GB)" if memory else
                 f"failed: {proc.stderr.strip().splitlines()[-1][:120] if proc.stderr.strip() else proc.returncode}"}
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
-
-
-def cpu_name():
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from hardware import cpu_name  # benchmarks/hardware.py
+
 TOKENS = 16384  # tokens per step: batch = TOKENS // length
 LENGTHS = [64, 256, 1024, 4096, 16384]
 CHUNKS = [16, 32, 64, 128, 256]
@@ -170,11 +172,7 @@ def measure(point, env_extra=None, timeout=300):
 
 
 def hardware():
-    try:
-        model = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                 .splitlines() if l.startswith("Model name")][0]
-    except Exception:
-        model = platform.processor() or "unknown"
+    model = cpu_name()
     import torch
 
     # cost of first-touching fresh memory (page faults) vs writing memory already mapped

@@ -11,15 +11,15 @@ random weights (latency does not depend on training), one thread unless ``--thre
 """
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from hardware import cpu_name  # benchmarks/hardware.py
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -54,13 +54,6 @@ def sasrec_model(length):
     config = Config(model="SASRec", dataset="ml-100k", config_dict={
         "MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None})
     return SASRec(config, _ItemCount(N_ITEMS)).eval()
-
-
-def cpu_name():
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():
