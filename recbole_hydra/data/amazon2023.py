@@ -222,6 +222,13 @@ def _line_blocks(path: Path, block_bytes: int, bar=None) -> Iterator[Tuple[int, 
         raw.close()
 
 
+def _stderr_line(message: str) -> None:
+    """One line on stderr, on a line of its own even when a progress bar was drawn there."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _progress(path: Path, enabled: bool):
     from tqdm import tqdm
 
@@ -889,10 +896,10 @@ def main(argv=None) -> int:
                         source=args.source, progress=not args.quiet,
                         block_bytes=args.block_mb << 20, say=say)
     except ConvertError as err:
-        sys.stderr.write(f"amazon2023: error: {err}\n")
+        _stderr_line(f"amazon2023: error: {err}")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("amazon2023: interrupted; no partial output was left behind\n")
+        _stderr_line("amazon2023: interrupted; no partial output was left behind")
         return 130
     finally:
         if previous is not None:
