@@ -48,9 +48,7 @@ def worker(spec):
 
 
 def hardware():
-    import torch
-
-    return f"{machine_line()} ({torch.get_num_threads()} threads)"
+    return machine_line()  # the threads of each run are on the next line of the table's header
 
 
 def run_all(args, overrides):
@@ -200,7 +198,8 @@ def write_plot(path, args, runs):
             pts = [(h["wall_s"], h["valid_result"]["ndcg@10"]) for h in r["history"] if "valid_result" in h]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, color=colours[i % len(colours)], alpha=0.8,
+                # markers: a model the budget stopped after one validation is one point
+                ax.plot(xs, ys, color=colours[i % len(colours)], alpha=0.8, marker="o", markersize=3,
                         label=model if r["seed"] == 0 else None)
     ax.set_xlabel("training wall clock (s)")
     ax.set_ylabel("valid NDCG@10")
@@ -226,9 +225,20 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--workdir", default=None, help="where runs write saved/ and log/ (default: a temp dir)")
+    parser.add_argument("--replot", metavar="JSON", help="rewrite the .md and .png of an earlier run "
+                        "from its .json (the same runs and command)")
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    if args.replot:
+        stem = Path(args.replot).with_suffix("")
+        saved = json.loads(Path(args.replot).read_text())
+        args = parser.parse_args(saved["command"].split()[2:])
+        args.models = [m for m in args.models.split(",") if m]
+        write_markdown(Path(f"{stem}.md"), args, summarise(saved["runs"], args.models), saved["runs"],
+                       saved["command"])
+        write_plot(Path(f"{stem}.png"), args, saved["runs"])
+        return print(f"rewrote {stem}.md and .png")
     args.models = [m for m in args.models.split(",") if m]
     overrides = {}
     for item in args.set:
