@@ -105,10 +105,9 @@ def make_config(model, dataset, config_file_list=None, config_dict=None):
     )
     sampling = config["train_neg_sample_args"] or {}
     if getattr(model_class, "input_type", None) == InputType.PAIRWISE and sampling.get("distribution", "none") == "none":
-        # A pairwise RecBole model (BPR, ...) needs RecBole's negative sampling back.
-        config = Config(model=model_class, dataset=dataset,
-                        config_file_list=config_files(model_class.__name__, dataset, config_file_list),
-                        config_dict={**(config_dict or {}), "train_neg_sample_args": RECBOLE_NEG_SAMPLING})
+        # A pairwise RecBole model (BPR, ...) needs RecBole's negative sampling back (in the form
+        # RecBole's Config normalises it to).
+        config["train_neg_sample_args"] = dict(RECBOLE_NEG_SAMPLING)
     check_config(config)
     return config
 
@@ -273,13 +272,13 @@ def _record_history(trainer, time_budget_s=None, epoch_callback=None, distribute
     """Time each training epoch and note each validation, without touching RecBole's loop.
 
     With ``time_budget_s``, training stops once the budget is spent (after at least one batch): in
-    a single process between two batches (an epoch of a slow model on a large dataset can outlast any budget; the partial
-    epoch is validated as a whole one is, and its entry in the history says how many batches it
-    trained), in a process group at the end of an epoch (the ranks agree on it: the budget is
-    spent when it is spent on any rank, so that all stop at the same step). The validation after
-    that reports the worst score with patience 0, so RecBole's own early stopping ends the run and
-    keeps the best checkpoint it saved. ``epoch_callback(epoch, entry, trainer)`` is called after
-    each validation.
+    a single process between two batches (an epoch of a slow model on a large dataset can outlast
+    any budget; the cut epoch is validated as a whole one is, and its history entry says how many
+    batches it trained), in a process group at the end of an epoch (the ranks agree on it: the
+    budget is spent when it is spent on any rank, so that all stop at the same step). The
+    validation after that reports the worst score with patience 0, so RecBole's own early
+    stopping ends the run and keeps the best checkpoint it saved. ``epoch_callback(epoch, entry,
+    trainer)`` is called after each validation.
     """
     history, start, over = [], [], []
     train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
@@ -310,7 +309,8 @@ def _record_history(trainer, time_budget_s=None, epoch_callback=None, distribute
         return loss
 
     def noted_valid_epoch(*args, **kwargs):
-        if over and not (history and history[-1].get("batches") and "valid_score" not in history[-1]):
+        cut_epoch_unvalidated = bool(history) and "batches" in history[-1] and "valid_score" not in history[-1]
+        if over and not cut_epoch_unvalidated:
             trainer.stopping_step = 0
             worst = -float("inf") if trainer.valid_metric_bigger else float("inf")
             return worst, history[-1].get("valid_result", {}) if history else {}
