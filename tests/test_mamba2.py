@@ -213,7 +213,7 @@ def test_block_gradcheck():
 
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 7])  # shorter than, equal to and longer than the width
 def test_causal_conv_silu_equals_conv1d_and_gradchecks(length):
-    from recbole_hydra.layers.mamba2 import _CausalConvSiLU
+    from recbole_hydra.layers.conv import _CausalConvSiLU
 
     torch.manual_seed(length)
     width, heads, channels = 4, 2, 3

@@ -1,17 +1,28 @@
-"""Optional CUDA kernels of mamba-ssm and causal-conv1d.
+"""Optional kernels: mamba-ssm's and causal-conv1d's on CUDA, our own C++ ones on CPU.
 
-Nothing here imports those packages at module import: ``load(name)`` tries once, on first use
-(only ever for CUDA tensors), and returns ``None`` when the package is missing or fails to load,
-in which case the callers use their PyTorch path.
+Nothing here imports or builds anything at module import. On CUDA, ``usable(name, ...)`` loads
+the installed package's kernel once, on first use, and returns ``None`` when the package is
+missing or fails to load. On CPU, ``cpu_kernels(...)`` compiles ``recbole_hydra/csrc/*.cpp``
+once per machine with PyTorch's JIT extension builder (a C++ compiler and ninja, ~30 s the first
+time, cached under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and returns
+``None`` when that is impossible, with one warning line saying why. Callers use their PyTorch
+path on ``None``; ``use_kernels: False`` (or ``RECBOLE_HYDRA_CPU_KERNELS=0``) forces it.
 """
 
 import functools
+import hashlib
 import importlib
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 
-__all__ = ["load", "usable"]
+__all__ = ["load", "usable", "cpu_kernels"]
 
 _WHERE = {
     "mamba_chunk_scan_combined": "mamba_ssm.ops.triton.ssd_combined",
@@ -19,6 +30,11 @@ _WHERE = {
     "causal_conv1d_fn": "causal_conv1d",
     "causal_conv1d_update": "causal_conv1d",
 }
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp")
+# -march=native: the build is per machine (the name below includes the CPU); -ffast-math at
+# compile time only (never linked, so the process keeps IEEE denormals), for vectorised exp.
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,3 +51,53 @@ def usable(name: str, enabled: bool, tensor: Tensor) -> Optional[Callable]:
     if not enabled or not tensor.is_cuda:
         return None
     return load(name)
+
+
+def _machine() -> str:
+    """What ``-march=native`` depends on: the CPU model and its instruction-set flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _is_built(name: str) -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, False)) / f"{name}.so").exists()
+    except Exception:  # a private helper of torch's: only the message above depends on it
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def _build():
+    """Compile (or load the cached build of) the CPU kernels; ``None`` with a warning on failure."""
+    if os.environ.get("RECBOLE_HYDRA_CPU_KERNELS", "1") == "0":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        text = "".join((_CSRC / s).read_text() for s in _SOURCES)
+        key = hashlib.sha1((text + " ".join(_CFLAGS) + _machine() + torch.__version__).encode()).hexdigest()[:12]
+        name = f"recbole_hydra_cpu_{key}"
+        if not _is_built(name):
+            print("recbole-hydra: compiling its CPU kernels (once per machine, about 30 s)...", file=sys.stderr, flush=True)
+        return cpp_extension.load(name, [str(_CSRC / s) for s in _SOURCES], extra_cflags=_CFLAGS,
+                                  extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # no compiler, no ninja, a failed build: run on PyTorch ops instead
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        warnings.warn(f"recbole-hydra: CPU kernels unavailable ({reason[:200]}); using PyTorch ops, which are "
+                      "slower. Install a C++ compiler and ninja to build them, or set use_kernels: False to "
+                      "silence this.", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def cpu_kernels(enabled: bool, tensor: Tensor):
+    """The compiled CPU kernels module when ``enabled`` and ``tensor`` is a float32 or float64
+    CPU tensor; else (or when they cannot be built) ``None``."""
+    if not enabled or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return _build()

@@ -15,7 +15,8 @@ linear layers PyTorch's default. ``A_log`` and ``D`` carry ``_no_weight_decay``,
 
 On CUDA with ``use_kernels``, mamba-ssm's fused ``mamba_inner_fn`` (when causal-conv1d is
 installed) or its ``selective_scan_fn`` is used; mamba-ssm is only imported then, on first use.
-Everywhere else the scan is ``recbole_hydra.layers.selective_scan`` (pure PyTorch).
+Everywhere else the scan is ``recbole_hydra.layers.selective_scan`` (pure PyTorch) and the conv
+``recbole_hydra.layers.conv`` (our compiled CPU kernel when it builds, else PyTorch ops).
 """
 
 import functools
@@ -26,12 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+from .conv import causal_conv_silu
 from .selective_scan import DEFAULT_CHUNK_SIZE, selective_scan_bld
-
-try:  # the package's registry of optional CUDA kernels (causal-conv1d here)
-    from . import kernels
-except ImportError:  # pragma: no cover - a checkout without it: PyTorch paths only
-    kernels = None
 
 __all__ = ["Mamba1"]
 
@@ -119,16 +117,10 @@ class Mamba1(nn.Module):
     def _conv(self, x: Tensor) -> Tensor:
         """Causal depthwise conv over time + SiLU; ``(b, l, d_inner)`` in and out."""
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        conv_fn = None if kernels is None else kernels.usable("causal_conv1d_fn", self.use_kernels, x)
+        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, x)
         if conv_fn is not None:
             return conv_fn(x.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
-        # y_t = bias + sum_k w_k x_{t - (d_conv - 1) + k}: shifted multiply-adds, channels last
-        length = x.shape[1]
-        padded = F.pad(x, (0, 0, self.d_conv - 1, 0))
-        out = self.conv1d.bias if self.conv1d.bias is not None else x.new_zeros(())
-        for k in range(self.d_conv):
-            out = torch.addcmul(out, padded[:, k : k + length], weight[:, k])
-        return F.silu(out)
+        return causal_conv_silu(x, weight, self.conv1d.bias, self.use_kernels)
 
     def forward(self, u: Tensor) -> Tensor:
         A = -torch.exp(_at_least_float32(self.A_log))  # (d_inner, d_state)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
+from .conv import causal_conv_silu
 from .norms import GatedRMSNorm
 from .ssd import ssd_final_state, ssd_scan, ssd_step
 
@@ -56,61 +57,17 @@ def _A_log_init(nheads: int, A_init_range: Tuple[float, float], device=None, dty
     return torch.log(A).to(dtype=dtype)
 
 
-class _CausalConvSiLU(torch.autograd.Function):
-    """``SiLU(bias + sum_k w_k x_{t - (K-1) + k})``: causal depthwise conv over time, then SiLU.
-
-    ``x (b, l, *channels)`` (any strides), ``weight (*channels, K)``, ``bias (*channels)``. Channels
-    stay last (no transposes): x is copied once, left-padded with K-1 zeros, and every tap is a
-    multiply-add of a shifted full-length view of that copy. Written out by hand because the same
-    ops under autograd allocate a tensor of x's size per op, and on CPU these (the B and C
-    channels: 2 * ngroups * d_state per token) are the largest tensors of the block.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        width, length = weight.shape[-1], x.shape[1]
-        padded = x.new_empty(x.shape[0], length + width - 1, *x.shape[2:])
-        padded[:, : width - 1] = 0.0
-        padded[:, width - 1 :] = x
-        pre = torch.addcmul(bias, padded[:, :length], weight[..., 0])
-        for k in range(1, width):
-            pre.addcmul_(padded[:, k : k + length], weight[..., k])  # tap k reads x_{t - (K-1) + k}
-        ctx.save_for_backward(padded, weight, pre)
-        return F.silu(pre)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        padded, weight, pre = ctx.saved_tensors
-        width, length = weight.shape[-1], pre.shape[1]
-        channels = pre.shape[2:]
-        # gradient w.r.t. pre-activations, right-padded with K-1 zeros for the transposed conv
-        grad_pre_padded = pre.new_empty(pre.shape[0], length + width - 1, *channels)
-        grad_pre_padded[:, length:] = 0.0
-        grad_pre = grad_pre_padded[:, :length]
-        torch.ops.aten.silu_backward.grad_input(grad_out, pre, grad_input=grad_pre)
-        scratch = torch.empty_like(pre)
-        grad_weight = torch.empty_like(weight)
-        for k in range(width):  # dL/dw_k = sum over (b, t) of grad_pre_t * x_{t - (K-1) + k}
-            torch.mul(grad_pre, padded[:, k : k + length], out=scratch)
-            grad_weight[..., k] = scratch.view(-1, *channels).sum(0)
-        # dL/dx_t = sum_k w_k grad_pre_{t + (K-1) - k}: the conv transposed
-        grad_x = torch.mul(grad_pre_padded[:, width - 1 :], weight[..., 0], out=scratch)
-        for k in range(1, width):
-            grad_x.addcmul_(grad_pre_padded[:, width - 1 - k : width - 1 - k + length], weight[..., k])
-        grad_bias = grad_pre_padded.view(-1, *channels).sum(0)  # (the padding adds zeros)
-        return grad_x, grad_weight, grad_bias
-
-
 class _Mamba2Mixer(nn.Module):
     """What ``Mamba2`` and ``MultiHeadLatentMamba2`` share: everything between the projections.
 
     Both are ``n_blocks`` Mamba-2 blocks side by side (one for ``Mamba2``). Per block sizes:
     ``d_inner_block``, ``nheads_block``, ``ngroups_block``; totals ``d_inner``, ``nheads``,
-    ``ngroups``. Subclasses define ``_project_in`` (``u (..., d_model)`` to ``z, x, B, C, dt``, each
-    ``(..., n_blocks, size per block)``) and ``_project_out`` (``(..., d_inner)`` to ``(..., d_model)``).
-    Channel order of the conv (and of ``conv_state``): x of all blocks, B of all blocks, C of all
-    blocks, each block after block, i.e. the layout of one Mamba2 with all the heads and groups.
+    ``ngroups``. Subclasses define ``_project_in`` (``u (..., d_model)`` to ``z, xBC, dt``, each
+    ``(..., n_blocks, size per block)``, ``xBC`` being each block's conv channels ``[x, B, C]``) and
+    ``_project_out`` (``(..., d_inner)`` to ``(..., d_model)``). The conv runs on ``xBC`` as it
+    comes out of the projection (a strided view: no copy), block after block. Channel order of the
+    conv's parameters (and of ``conv_state``): x of all blocks, B of all blocks, C of all blocks,
+    i.e. the layout of one Mamba2 with all the heads and groups (``_block_order`` maps between).
     """
 
     n_blocks: int
@@ -140,8 +97,14 @@ class _Mamba2Mixer(nn.Module):
             p._no_weight_decay = True  # as mamba-ssm
         # one norm group per B/C group of each block: never across two latent heads
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block, **factory)
+        # conv channel c of block i's [x, B, C] is channel _block_order[i, c] of conv1d
+        gn = self.ngroups_block * self.d_state
+        x_ch = torch.arange(self.d_inner).view(self.n_blocks, self.d_inner_block)
+        B_ch = self.d_inner + torch.arange(self.ngroups * self.d_state).view(self.n_blocks, gn)
+        self.register_buffer("_block_order", torch.cat([x_ch, B_ch, B_ch + self.ngroups * self.d_state], dim=1),
+                             persistent=False)
 
-    def _project_in(self, u: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _project_in(self, u: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
     def _project_out(self, y: Tensor) -> Tensor:
@@ -157,24 +120,22 @@ class _Mamba2Mixer(nn.Module):
         """Split the conv's channel dimension (first of ``t``) into the x, B, C channels."""
         return t.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state])
 
-    def _conv(self, x: Tensor, B: Tensor, C: Tensor) -> Tuple[Tensor, ...]:
-        """Causal depthwise conv over time + SiLU of x, B, C, each ``(b, l, n_blocks, channels)``.
+    def _split_xBC(self, xBC: Tensor) -> Tuple[Tensor, ...]:
+        """``(..., n_blocks, conv channels of a block)`` -> its x, B, C, each ``(..., n_blocks, size)``."""
+        gn = self.ngroups_block * self.d_state
+        return xBC.split([self.d_inner_block, gn, gn], dim=-1)
 
-        Three calls (x, B and C, each over all blocks), not one over their concatenation: the three
-        stay separate tensors, so neither direction assembles a (b, l, conv_dim) tensor.
-        """
-        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, x)
-        weights = self._conv_parts(self.conv1d.weight.squeeze(1))  # (channels, d_conv) each
-        biases = self._conv_parts(self.conv1d.bias)
-        outs = []
-        for part, weight, bias in zip((x, B, C), weights, biases):
-            if conv_fn is not None:
-                flat = part.flatten(2).transpose(1, 2)  # (b, channels, l)
-                out = conv_fn(flat, weight, bias, activation="silu").transpose(1, 2)  # (b, l, channels)
-                outs.append(out.contiguous().view(part.shape))  # channels last, as the scan kernel wants
-            else:
-                outs.append(_CausalConvSiLU.apply(part, weight.view(*part.shape[2:], -1), bias.view(part.shape[2:])))
-        return tuple(outs)
+    def _conv(self, xBC: Tensor) -> Tuple[Tensor, ...]:
+        """Causal depthwise conv over time + SiLU of ``xBC (b, l, n_blocks, conv channels of a
+        block)``, in one call; returns x, B, C, each ``(b, l, n_blocks, size)``."""
+        weight = self.conv1d.weight.squeeze(1)[self._block_order]  # (n_blocks, channels, d_conv)
+        bias = self.conv1d.bias[self._block_order]
+        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, xBC)
+        if conv_fn is not None:
+            flat = xBC.reshape(*xBC.shape[:2], -1).transpose(1, 2)  # (b, channels, l), channels last in memory
+            out = conv_fn(flat, weight.flatten(0, 1), bias.flatten(), activation="silu").transpose(1, 2)
+            return self._split_xBC(out.contiguous().view(xBC.shape))  # channels last, as the scan kernel wants
+        return self._split_xBC(causal_conv_silu(xBC, weight, bias, self.use_kernels))
 
     def _conv_state(self, parts: Sequence[Tensor], lengths: Optional[Tensor]) -> Tensor:
         """The last ``d_conv`` conv inputs before position ``lengths`` (zeros before the start)."""
@@ -195,7 +156,8 @@ class _Mamba2Mixer(nn.Module):
             out = scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D,
                           return_final_states=return_final_state)
             return out if return_final_state else (out, None)
-        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state)
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state,
+                        use_kernels=self.use_kernels)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -212,8 +174,8 @@ class _Mamba2Mixer(nn.Module):
         if u.dim() != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
         batch, length, _ = u.shape
-        z, x_in, B_in, C_in, dt_raw = self._project_in(u)
-        x, B, C = self._conv(x_in, B_in, C_in)
+        z, xBC_in, dt_raw = self._project_in(u)
+        x, B, C = self._conv(xBC_in)
         dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias)
         if lengths is not None:
             lengths = self._check_lengths(lengths, batch, length, u.device)
@@ -231,7 +193,7 @@ class _Mamba2Mixer(nn.Module):
         out = self._project_out(y)
         if not return_cache:
             return out
-        return out, Mamba2Cache(self._conv_state((x_in, B_in, C_in), lengths), ssm_state)
+        return out, Mamba2Cache(self._conv_state(self._split_xBC(xBC_in), lengths), ssm_state)
 
     def forward_last(self, u: Tensor, lengths: Tensor) -> Tensor:
         """The output at the last real position of each row only: ``u (b, l, d_model)``,
@@ -248,8 +210,8 @@ class _Mamba2Mixer(nn.Module):
         lengths = self._check_lengths(lengths, batch, length, u.device)
         if kernels.usable("mamba_chunk_scan_combined", self.use_kernels, u) is not None:
             return self.forward(u, lengths)[torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)]
-        z, x_in, B_in, C_in, dt_raw = self._project_in(u)
-        x, B, C = self._conv(x_in, B_in, C_in)
+        z, xBC_in, dt_raw = self._project_in(u)
+        x, B, C = self._conv(xBC_in)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
         dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(is_pad[:, :, None], 0.0)
         x = x.reshape(batch, length, self.nheads, self.headdim)
@@ -272,7 +234,8 @@ class _Mamba2Mixer(nn.Module):
         if u_t.dim() != 2 or u_t.shape[-1] != self.d_model:
             raise ValueError(f"u_t must be (batch, {self.d_model}), got shape {tuple(u_t.shape)}")
         batch = u_t.shape[0]
-        z, x, B, C, dt_raw = self._project_in(u_t)
+        z, xBC_in, dt_raw = self._project_in(u_t)
+        x, B, C = self._split_xBC(xBC_in)
         xBC = torch.cat([x.flatten(1), B.flatten(1), C.flatten(1)], dim=-1)  # (b, conv_dim)
         weight = self.conv1d.weight.squeeze(1)
         conv_update = kernels.usable("causal_conv1d_update", self.use_kernels, u_t)
@@ -375,8 +338,7 @@ class Mamba2(_Mamba2Mixer):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
-        sizes = [self.d_inner, self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state, self.nheads]
-        return tuple(t.unsqueeze(-2) for t in self.in_proj(u).split(sizes, dim=-1))
+        return tuple(t.unsqueeze(-2) for t in self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1))
 
     def _project_out(self, y: Tensor) -> Tensor:
         return self.out_proj(y)
@@ -446,9 +408,8 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
         proj = self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), self.in_proj_weight)
-        sizes = [self.d_inner_block, self.d_inner_block, self.ngroups_block * self.d_state,
-                 self.ngroups_block * self.d_state, self.nheads_block]
-        return proj.split(sizes, dim=-1)
+        conv_block = self.d_inner_block + 2 * self.ngroups_block * self.d_state
+        return proj.split([self.d_inner_block, conv_block, self.nheads_block], dim=-1)
 
     def _project_out(self, y: Tensor) -> Tensor:
         return self._per_head_matmul(y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight).flatten(-2)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels
+
 __all__ = ["ssd_scan", "ssd_step", "ssd_final_state"]
 
 
@@ -92,6 +94,21 @@ class _DiagonalBlocks(torch.autograd.Function):
         return grad_a_cum.to(ctx.a_dtype), grad_B, grad_C, grad_x_dt
 
 
+def _diagonal_blocks(a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor, use_kernels: bool) -> Tensor:
+    """Step 1 of ``ssd_scan``. Without autograd (evaluation, serving) by the compiled CPU kernel
+    when enabled and built (``recbole_hydra/csrc/ssd_diagonal.cpp``: each (batch, chunk, group)
+    block's ``C B^T`` and mask stay in a cache-sized scratch, never a batch-sized tensor); for
+    training by ``_DiagonalBlocks``, whose batched backward measured faster than a fused one."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (a_cum, B, C, x_dt))
+    module = None if needs_grad else kernels.cpu_kernels(use_kernels, x_dt)
+    if module is not None and a_cum.dtype == B.dtype == C.dtype == x_dt.dtype:
+        shape, (q, n) = x_dt.shape, B.shape[-2:]  # x_dt (b,c,g,r,q,p) -> (b*c*g, r, q, p), ...
+        return module.ssd_diagonal_forward(
+            a_cum.reshape(-1, shape[3], q).contiguous(), B.reshape(-1, q, n).contiguous(),
+            C.reshape(-1, q, n).contiguous(), x_dt.reshape(-1, *shape[3:]).contiguous()).view(shape)
+    return _DiagonalBlocks.apply(a_cum, B, C, x_dt)
+
+
 class _ChunkRecurrence(torch.autograd.Function):
     """``S_k = decay_k S_{k-1} + s_k`` over chunks (step 3 of ``ssd_scan``).
 
@@ -134,6 +151,7 @@ def ssd_scan(
     D: Optional[Tensor] = None,
     initial_state: Optional[Tensor] = None,
     return_final_state: bool = True,
+    use_kernels: bool = True,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Run the SSD recurrence over a whole sequence with the chunked algorithm.
 
@@ -148,6 +166,8 @@ def ssd_scan(
         initial_state: optional ``(b, h, p, n)`` state before the first position.
         return_final_state: ``False`` returns ``None`` for the state and, when the sequence fits
             in one chunk and there is no initial state, skips the chunk-state steps 2-4 altogether.
+        use_kernels: on CPU and without autograd, the diagonal blocks (step 1) by the compiled
+            kernel of ``recbole_hydra.layers.kernels`` when it builds; ``False``: PyTorch ops only.
 
     Returns:
         ``y (b, l, h, p)`` and the state after the last position, ``(b, h, p, n)``.
@@ -182,7 +202,7 @@ def ssd_scan(
     C = C.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()
 
     # 1. Diagonal blocks: inside a chunk, the quadratic (masked attention) form y = (L o C B^T) x.
-    y = _DiagonalBlocks.apply(a_cum, B, C, x_dt)  # (b,c,g,r,q,p)
+    y = _diagonal_blocks(a_cum, B, C, x_dt, use_kernels)  # (b,c,g,r,q,p)
     if not (enters_state or return_final_state):
         return _finish(y, x, D, length), None
 

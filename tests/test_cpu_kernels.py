@@ -1,0 +1,145 @@
+"""The compiled CPU kernels (recbole_hydra/csrc) against the PyTorch ops they replace, and the
+fallback when they cannot be built."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from recbole_hydra.layers import kernels
+from recbole_hydra.layers.conv import _CausalConvSiLU, _CausalConvSiLUCpu, causal_conv_silu
+from recbole_hydra.layers.mamba1 import Mamba1
+from recbole_hydra.layers.mamba2 import Mamba2, MultiHeadLatentMamba2
+from recbole_hydra.layers.ssd import _DiagonalBlocks, ssd_scan
+
+F64 = torch.float64
+
+if shutil.which("c++") is None and shutil.which("g++") is None:  # the only reason they may not build
+    pytest.skip("no C++ compiler: the CPU kernels cannot be built here", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def module():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed build must fail these tests, not fall back
+        built = kernels.cpu_kernels(True, torch.zeros(1))
+    assert built is not None
+    return built
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 19])  # shorter than, equal to and longer than the width
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv_kernel_equals_pytorch_conv_both_directions(module, length, groups):
+    torch.manual_seed(length * 10 + groups)
+    width, channels = 4, 5
+    proj = torch.randn(2, length, groups, 2 * channels + 1, dtype=F64)
+    weight = torch.randn(groups, channels, width, dtype=F64)
+    bias = torch.randn(groups, channels, dtype=F64)
+    grad = torch.randn(2, length, groups, channels, dtype=F64)
+    results = []
+    for fn in (lambda *a: _CausalConvSiLU.apply(*a), lambda *a: _CausalConvSiLUCpu.apply(*a, module)):
+        x = proj[..., channels:2 * channels].requires_grad_()  # a strided view, as the blocks pass it
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = fn(x, w, b)
+        out.backward(grad)
+        results.append((out, x.grad, w.grad, b.grad))
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_kernel_gradcheck_and_three_dim_input(module):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4, dtype=F64, requires_grad=True)  # (b, l, channels): Mamba-1's layout
+    weight = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    bias = torch.randn(4, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: _CausalConvSiLUCpu.apply(*a, module), (x, weight, bias))
+    torch.testing.assert_close(causal_conv_silu(x, weight, bias), _CausalConvSiLU.apply(x, weight, bias))
+    torch.testing.assert_close(causal_conv_silu(x, weight, None), _CausalConvSiLU.apply(x, weight, torch.zeros_like(bias)))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2, 5, 3, 4), (1, 1, 1, 1, 1, 2, 2), (3, 2, 1, 3, 17, 8, 6)])
+def test_diagonal_kernel_equals_pytorch_blocks(module, shape):
+    b, c, g, r, q, n, p = shape
+    torch.manual_seed(q)
+    a_cum = (-torch.rand(b, c, g, r, q, dtype=F64)).cumsum(-1)
+    B, C = torch.randn(b, c, g, q, n, dtype=F64), torch.randn(b, c, g, q, n, dtype=F64)
+    x_dt = torch.randn(b, c, g, r, q, p, dtype=F64)
+    ours = module.ssd_diagonal_forward(a_cum.reshape(-1, r, q), B.reshape(-1, q, n), C.reshape(-1, q, n),
+                                       x_dt.reshape(-1, r, q, p)).view(x_dt.shape)
+    torch.testing.assert_close(ours, _DiagonalBlocks.apply(a_cum, B, C, x_dt), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length,chunk", [(13, 5), (8, 64), (1, 4)])
+def test_scan_without_autograd_same_with_and_without_kernels(length, chunk):
+    torch.manual_seed(length)
+    b, h, p, g, n = 2, 4, 3, 2, 5
+    x = torch.randn(b, length, h, p, dtype=F64)
+    dt = torch.rand(b, length, h, dtype=F64)
+    A = -torch.rand(h, dtype=F64) - 0.5
+    B, C = torch.randn(b, length, g, n, dtype=F64), torch.randn(b, length, g, n, dtype=F64)
+    with torch.no_grad():
+        y, state = ssd_scan(x, dt, A, B, C, chunk, D=torch.ones(h, dtype=F64))
+        y_ref, state_ref = ssd_scan(x, dt, A, B, C, chunk, D=torch.ones(h, dtype=F64), use_kernels=False)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, state_ref, rtol=1e-12, atol=1e-12)
+
+
+BLOCKS = {
+    "mamba2": lambda: Mamba2(8, d_state=6, headdim=4, ngroups=2, chunk_size=5, dtype=F64),
+    "latent": lambda: MultiHeadLatentMamba2(3, 4, d_state=6, chunk_size=5, dtype=F64),
+    "latent_grouped": lambda: MultiHeadLatentMamba2(2, 4, d_state=3, headdim=2, ngroups=2, chunk_size=4, dtype=F64),
+    "mamba1": lambda: Mamba1(8, d_state=4, dtype=F64),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_outputs_and_gradients_same_with_and_without_kernels(name):
+    torch.manual_seed(0)
+    block = BLOCKS[name]()
+    u = torch.randn(2, 11, block.d_model if hasattr(block, "d_model") else 8, dtype=F64)
+    results = []
+    for use_kernels in (True, False):
+        block.use_kernels = use_kernels
+        block.zero_grad()
+        v = u.clone().requires_grad_()
+        out = block(v)
+        out.pow(2).sum().backward()
+        with torch.no_grad():
+            out_eval = block(u)
+        results.append([out, out_eval, v.grad] + [p.grad for p in block.parameters()])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("error: command 'c++' failed: No such file or directory")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    kernels._build.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="CPU kernels unavailable .*No such file.*use_kernels: False"):
+            assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once, not at every call
+            assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+            block = BLOCKS["latent"]()
+            block(torch.randn(2, 7, block.d_model, dtype=F64)).sum().backward()  # PyTorch ops instead
+    finally:
+        kernels._build.cache_clear()
+
+
+def test_kernels_off_by_flag_environment_or_dtype(monkeypatch, module):
+    assert kernels.cpu_kernels(False, torch.zeros(1)) is None
+    assert kernels.cpu_kernels(True, torch.zeros(1, dtype=torch.bfloat16)) is None
+    monkeypatch.setenv("RECBOLE_HYDRA_CPU_KERNELS", "0")
+    kernels._build.cache_clear()
+    try:
+        assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+    finally:
+        monkeypatch.delenv("RECBOLE_HYDRA_CPU_KERNELS")
+        kernels._build.cache_clear()
+    assert kernels.cpu_kernels(True, torch.zeros(1)) is not None
