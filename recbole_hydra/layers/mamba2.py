@@ -407,9 +407,15 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         return out.transpose(0, 1).unflatten(0, lead)
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
-        proj = self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), self.in_proj_weight)
-        conv_block = self.d_inner_block + 2 * self.ngroups_block * self.d_state
-        return proj.split([self.d_inner_block, conv_block, self.nheads_block], dim=-1)
+        # Two products, not one split into three: the conv's channels come out as their own tensor
+        # (not a strided slice), and backward adds two small input gradients instead of
+        # concatenating three output gradients into a (tokens, v, d_in_proj) tensor (-6 % per
+        # training step, -10 % per evaluation, ml-1m, length 50 and 200).
+        u = u.unflatten(-1, (self.n_heads, self.d_head))
+        w, d_inner, nheads = self.in_proj_weight, self.d_inner_block, self.nheads_block
+        xBC = self._per_head_matmul(u, w[..., d_inner:-nheads])
+        z, dt = self._per_head_matmul(u, torch.cat([w[..., :d_inner], w[..., -nheads:]], dim=-1)).split([d_inner, nheads], dim=-1)
+        return z, xBC, dt
 
     def _project_out(self, y: Tensor) -> Tensor:
         return self._per_head_matmul(y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight).flatten(-2)
