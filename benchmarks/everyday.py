@@ -271,8 +271,8 @@ def main():
                 entries = [e for e in entries if (e["label"], e["model"], e["dataset"], e["length"]) != key]
                 entries.append(result)
                 json_path.write_text(json.dumps(entries, indent=1))
-    order = {"before": 0}
-    entries.sort(key=lambda e: (order.get(e["label"], 1), e["dataset"], e["length"], e["model"] != "Hydra", e["model"]))
+    order = {label: i for i, label in enumerate(dict.fromkeys(e["label"] for e in entries))}  # first run first
+    entries.sort(key=lambda e: (order[e["label"]], e["dataset"], e["length"], e["model"] != "Hydra", e["model"]))
     write_markdown(entries, RESULTS / f"{args.out}.md", "python benchmarks/everyday.py " + " ".join(sys.argv[1:]))
     print(f"wrote {RESULTS / (args.out + '.md')}")
 
