@@ -73,6 +73,12 @@ def point(model_name, dataset, length, data_path):
     import torch
 
     config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    try:  # build (or load) the CPU kernels before timing: a one-off per machine, not part of an epoch
+        from recbole_hydra.layers import kernels
+
+        kernels.cpu_kernels(True, torch.zeros(1))
+    except (ImportError, AttributeError):  # a checkout from before they existed
+        pass
     _reset_peak()
     t0 = time.perf_counter()
     trainer._train_epoch(train, 0, show_progress=False)

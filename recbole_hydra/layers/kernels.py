@@ -81,7 +81,9 @@ def _build():
         from torch.utils import cpp_extension
 
         text = "".join((_CSRC / s).read_text() for s in _SOURCES)
-        key = hashlib.sha1((text + " ".join(_CFLAGS) + _machine() + torch.__version__).encode()).hexdigest()[:12]
+        # the checkout's path too: torch rebuilds an extension whose sources moved, so two checkouts
+        # sharing one name would rebuild each other's
+        key = hashlib.sha1((text + " ".join(_CFLAGS) + _machine() + torch.__version__ + str(_CSRC)).encode()).hexdigest()[:12]
         name = f"recbole_hydra_cpu_{key}"
         if not _is_built(name):
             print("recbole-hydra: compiling its CPU kernels (once per machine, about 30 s)...", file=sys.stderr, flush=True)
