@@ -28,7 +28,7 @@ def module():
     return built
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 19])  # shorter than, equal to and longer than the width
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 19, 131, 260])  # around the width and the 128-step segments
 @pytest.mark.parametrize("groups", [1, 3])
 def test_conv_kernel_equals_pytorch_conv_both_directions(module, length, groups):
     torch.manual_seed(length * 10 + groups)

@@ -16,10 +16,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
+
+// Tasks are (batch row, channel group, segment of kSegment time steps): enough of them for every
+// thread even for one long sequence (serving, Mamba-1 with batch 1).
+constexpr int64_t kSegment = 128;
 
 // pre-activations of one (batch row, group) at time t, into acc[0..C)
 template <typename T>
@@ -49,13 +54,14 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   const T* wp = weight.data_ptr<T>();
   const T* bp = bias.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, Bn * G, 1, [&](int64_t begin, int64_t end) {
+  const int64_t segments = (L + kSegment - 1) / kSegment;
+  at::parallel_for(0, Bn * G * segments, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(C);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / G, g = task % G;
+      const int64_t b = task / (G * segments), g = task / segments % G, t0 = task % segments * kSegment;
       const T* xg = xp + b * sb + g * sg;
       T* og = op + (b * L * G + g) * C;
-      for (int64_t t = 0; t < L; ++t) {
+      for (int64_t t = t0; t < std::min(L, t0 + kSegment); ++t) {
         pre_activation(xg, sl, wp + g * C * K, bp + g * C, t, C, K, acc.data());
         T* __restrict o = og + t * G * C;
         const T* __restrict a = acc.data();
@@ -79,28 +85,33 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   // result does not depend on how the tasks were split among threads beyond rounding.
   const int64_t n_threads = at::get_num_threads();
   std::vector<double> partial(n_threads * G * C * (K + 1), 0.0);
-  at::parallel_for(0, Bn * G, 1, [&](int64_t begin, int64_t end) {
+  const int64_t segments = (L + kSegment - 1) / kSegment;
+  at::parallel_for(0, Bn * G * segments, 1, [&](int64_t begin, int64_t end) {
     double* mine = partial.data() + at::get_thread_num() * G * C * (K + 1);
-    std::vector<T> acc(C), grad_pre(L * C), sum_w(C * K), sum_b(C);
+    std::vector<T> acc(C), grad_pre((kSegment + K - 1) * C), sum_w(C * K), sum_b(C);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / G, g = task % G;
+      const int64_t b = task / (G * segments), g = task / segments % G, t0 = task % segments * kSegment;
+      const int64_t t1 = std::min(L, t0 + kSegment), t_end = std::min(L, t1 + K - 1);
       const T* xg = xp + b * sb + g * sg;
       const T* wg = wp + g * C * K;
       const T* gog = gop + (b * L * G + g) * C;
       T* gxg = gxp + (b * L * G + g) * C;
       std::fill(sum_w.begin(), sum_w.end(), T(0));
       std::fill(sum_b.begin(), sum_b.end(), T(0));
-      for (int64_t t = 0; t < L; ++t) {
+      // grad_pre over the segment and the K-1 positions after it (which dL/dx of its last
+      // positions reads); the weight and bias sums take the segment's own positions only
+      for (int64_t t = t0; t < t_end; ++t) {
         pre_activation(xg, sl, wg, bp + g * C, t, C, K, acc.data());
         const T* __restrict go = gog + t * G * C;
         const T* __restrict a = acc.data();
-        T* __restrict gp = grad_pre.data() + t * C;
-        T* __restrict sb_ = sum_b.data();
+        T* __restrict gp = grad_pre.data() + (t - t0) * C;
         for (int64_t c = 0; c < C; ++c) {  // d SiLU(p) / dp = s (1 + p (1 - s)), s = sigmoid(p)
           const T s = T(1) / (T(1) + std::exp(-a[c]));
           gp[c] = go[c] * s * (T(1) + a[c] * (T(1) - s));
-          sb_[c] += gp[c];
         }
+        if (t >= t1) continue;
+        T* __restrict sb_ = sum_b.data();
+        for (int64_t c = 0; c < C; ++c) sb_[c] += gp[c];
         for (int64_t k = 0; k < K; ++k) {  // dL/dw_k += grad_pre_t * x_{t - (K-1) + k}
           const int64_t s = t - (K - 1) + k;
           if (s < 0) continue;
@@ -109,13 +120,13 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
           for (int64_t c = 0; c < C; ++c) sw[c] += gp[c] * xs[c];
         }
       }
-      for (int64_t t = 0; t < L; ++t) {  // dL/dx_t = sum_k w_k grad_pre_{t + (K-1) - k}: the conv transposed
+      for (int64_t t = t0; t < t1; ++t) {  // dL/dx_t = sum_k w_k grad_pre_{t + (K-1) - k}: the conv transposed
         T* __restrict gx = gxg + t * G * C;
         for (int64_t c = 0; c < C; ++c) gx[c] = T(0);
         for (int64_t k = 0; k < K; ++k) {
           const int64_t s = t + (K - 1) - k;
           if (s >= L) continue;
-          const T* __restrict gp = grad_pre.data() + s * C;
+          const T* __restrict gp = grad_pre.data() + (s - t0) * C;
           const T* __restrict wk = wg + k * C;
           for (int64_t c = 0; c < C; ++c) gx[c] += wk[c] * gp[c];
         }
