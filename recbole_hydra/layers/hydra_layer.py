@@ -58,8 +58,10 @@ class HydraLayer(nn.Module):
         The last layer at scoring time needs no other position (see ``Mamba2.forward_last``)."""
         b, l, _ = h.shape
         rows, last = torch.arange(b, device=h.device), (lengths - 1).clamp(min=0)
-        x, z = F.silu(self.w_xz(self.input_norm(h))).chunk(2, dim=-1)
-        z = self.rope(z[rows, last].view(b, 1, self.n_heads, self.head_size), positions=last.view(b, 1))
+        h_norm, (w_x, w_z) = self.input_norm(h), self.w_xz.weight.chunk(2, dim=0)
+        x = F.silu(F.linear(h_norm, w_x))  # every position feeds the state; Z only at the last
+        z = F.silu(F.linear(h_norm[rows, last], w_z))
+        z = self.rope(z.view(b, 1, self.n_heads, self.head_size), positions=last.view(b, 1))
         y = self.latent_mamba.forward_last(x, lengths)
         return self._interact_and_ffn(h[rows, last], y, z.view(b, -1))
 

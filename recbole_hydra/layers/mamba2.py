@@ -107,6 +107,11 @@ class _Mamba2Mixer(nn.Module):
     def _project_in(self, u: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
+    def _in_proj(self, u: Tensor, spans: Sequence[Tuple[int, int]]) -> Tensor:
+        """``u (..., d_model)`` times the in_proj columns ``[start, stop)`` of each span (columns of
+        one block, ``[z, x, B, C, dt]``), side by side: ``(..., n_blocks, total width)``."""
+        raise NotImplementedError
+
     def _project_out(self, y: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -200,8 +205,10 @@ class _Mamba2Mixer(nn.Module):
         ``lengths (b,)`` -> ``(b, d_model)``, equal to ``forward(u, lengths)[i, lengths[i] - 1]``.
 
         The SSD output there is read from the state after it, ``S_T C_T + D x_T``
-        (``ssd_final_state``), so the within-chunk quadratic part is never formed and the norm and
-        output projection run on one position per row: how a model scores its next item.
+        (``ssd_final_state``), so the within-chunk quadratic part is never formed; z and C are
+        projected only where they are read (the last position, and the conv's window before it),
+        and the norm and output projection run on one position per row: how a model scores its
+        next item.
         Rows of length 0 give a meaningless row.
         """
         if u.dim() != 3 or u.shape[-1] != self.d_model:
@@ -210,17 +217,26 @@ class _Mamba2Mixer(nn.Module):
         lengths = self._check_lengths(lengths, batch, length, u.device)
         if kernels.usable("mamba_chunk_scan_combined", self.use_kernels, u) is not None:
             return self.forward(u, lengths)[torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)]
-        z, xBC_in, dt_raw = self._project_in(u)
-        x, B, C = self._conv(xBC_in)
+        # The last position needs z and C only there (C through the conv: its last d_conv inputs),
+        # x, B and dt everywhere: project each set of columns on the rows that need it.
+        di, gn, nh = self.d_inner_block, self.ngroups_block * self.d_state, self.nheads_block
+        end = 2 * di + 2 * gn + nh  # a block's in_proj columns: [z, x, B, C, dt]
+        xB_in, dt_raw = self._in_proj(u, [(di, 2 * di + gn), (end - nh, end)]).split([di + gn, nh], dim=-1)
+        rows, last = torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
+        window = last[:, None] - (self.d_conv - 1) + torch.arange(self.d_conv, device=u.device)  # (b, d_conv)
+        u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(u.dtype)  # 0 before the start
+        z_C = self._in_proj(u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)])  # (b, d_conv, n_blocks, di + gn)
+        weight, bias = self.conv1d.weight.squeeze(1)[self._block_order], self.conv1d.bias[self._block_order]
+        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn], self.use_kernels).split([di, gn], dim=-1)
+        C_t = F.silu(bias[:, di + gn:] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn:]).sum(-1))  # (b, n_blocks, gn)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
         dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(is_pad[:, :, None], 0.0)
         x = x.reshape(batch, length, self.nheads, self.headdim)
         state = ssd_final_state(x, dt, self._A(), B.reshape(batch, length, self.ngroups, self.d_state))
-        rows, last = torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
-        C_t = C.reshape(batch, length, self.ngroups, self.d_state)[rows, last]  # (b, g, n)
-        y = (state.view(batch, self.ngroups, -1, self.d_state) @ C_t.unsqueeze(-1)).view(batch, self.nheads, self.headdim)
+        C_t = C_t.reshape(batch, self.ngroups, self.d_state, 1)
+        y = (state.view(batch, self.ngroups, -1, self.d_state) @ C_t).view(batch, self.nheads, self.headdim)
         y = y + x[rows, last] * self.D.unsqueeze(-1)
-        return self._project_out(self.norm(y.reshape(batch, self.d_inner), z.reshape(batch, length, self.d_inner)[rows, last]))
+        return self._project_out(self.norm(y.reshape(batch, self.d_inner), z_C[:, -1, :, :di].reshape(batch, self.d_inner)))
 
     def step(self, u_t: Tensor, cache: Mamba2Cache) -> Tuple[Tensor, Mamba2Cache]:
         """One position: ``u_t (b, d_model)`` or ``(b, 1, d_model)`` and the cache before it ->
@@ -340,6 +356,9 @@ class Mamba2(_Mamba2Mixer):
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
         return tuple(t.unsqueeze(-2) for t in self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1))
 
+    def _in_proj(self, u: Tensor, spans: Sequence[Tuple[int, int]]) -> Tensor:
+        return F.linear(u, torch.cat([self.in_proj.weight[a:b] for a, b in spans])).unsqueeze(-2)
+
     def _project_out(self, y: Tensor) -> Tensor:
         return self.out_proj(y)
 
@@ -411,11 +430,15 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         # (not a strided slice), and backward adds two small input gradients instead of
         # concatenating three output gradients into a (tokens, v, d_in_proj) tensor (-6 % per
         # training step, -10 % per evaluation, ml-1m, length 50 and 200).
-        u = u.unflatten(-1, (self.n_heads, self.d_head))
-        w, d_inner, nheads = self.in_proj_weight, self.d_inner_block, self.nheads_block
-        xBC = self._per_head_matmul(u, w[..., d_inner:-nheads])
-        z, dt = self._per_head_matmul(u, torch.cat([w[..., :d_inner], w[..., -nheads:]], dim=-1)).split([d_inner, nheads], dim=-1)
+        d_inner, nheads, end = self.d_inner_block, self.nheads_block, self.d_in_proj_block
+        xBC = self._in_proj(u, [(d_inner, end - nheads)])
+        z, dt = self._in_proj(u, [(0, d_inner), (end - nheads, end)]).split([d_inner, nheads], dim=-1)
         return z, xBC, dt
+
+    def _in_proj(self, u: Tensor, spans: Sequence[Tuple[int, int]]) -> Tensor:
+        w = self.in_proj_weight
+        columns = w[..., spans[0][0]:spans[0][1]] if len(spans) == 1 else torch.cat([w[..., a:b] for a, b in spans], dim=-1)
+        return self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), columns)
 
     def _project_out(self, y: Tensor) -> Tensor:
         return self._per_head_matmul(y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight).flatten(-2)
