@@ -130,11 +130,15 @@ class _Mamba2Mixer(nn.Module):
         gn = self.ngroups_block * self.d_state
         return xBC.split([self.d_inner_block, gn, gn], dim=-1)
 
+    def _conv_params_by_block(self) -> Tuple[Tensor, Tensor]:
+        """The conv's weight ``(n_blocks, channels, d_conv)`` and bias ``(n_blocks, channels)``,
+        each block's channels in its ``[x, B, C]`` order (the order of ``_project_in``'s xBC)."""
+        return self.conv1d.weight.squeeze(1)[self._block_order], self.conv1d.bias[self._block_order]
+
     def _conv(self, xBC: Tensor) -> Tuple[Tensor, ...]:
         """Causal depthwise conv over time + SiLU of ``xBC (b, l, n_blocks, conv channels of a
         block)``, in one call; returns x, B, C, each ``(b, l, n_blocks, size)``."""
-        weight = self.conv1d.weight.squeeze(1)[self._block_order]  # (n_blocks, channels, d_conv)
-        bias = self.conv1d.bias[self._block_order]
+        weight, bias = self._conv_params_by_block()
         conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, xBC)
         if conv_fn is not None:
             flat = xBC.reshape(*xBC.shape[:2], -1).transpose(1, 2)  # (b, channels, l), channels last in memory
@@ -226,7 +230,7 @@ class _Mamba2Mixer(nn.Module):
         window = last[:, None] - (self.d_conv - 1) + torch.arange(self.d_conv, device=u.device)  # (b, d_conv)
         u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(u.dtype)  # 0 before the start
         z_C = self._in_proj(u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)])  # (b, d_conv, n_blocks, di + gn)
-        weight, bias = self.conv1d.weight.squeeze(1)[self._block_order], self.conv1d.bias[self._block_order]
+        weight, bias = self._conv_params_by_block()
         x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn], self.use_kernels).split([di, gn], dim=-1)
         C_t = F.silu(bias[:, di + gn:] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn:]).sum(-1))  # (b, n_blocks, gn)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
