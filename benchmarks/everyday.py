@@ -1,7 +1,7 @@
 """Issue 11: Hydra against attention at everyday lengths, on real data, same objective and batches.
 
     python benchmarks/everyday.py [--datasets ml-100k,ml-1m] [--lengths 50,200] \
-        [--models Hydra,HSTU,SASRecGen] [--threads 2] [--out everyday] [--repo PATH --label before]
+        [--models Hydra,HSTU,SASRecGen[,Hydra-ckpt]] [--threads 2] [--out everyday] [--repo PATH --label before]
 
 For every (dataset, length, model), in a fresh process: RecBole's own data pipeline (LOO, order
 TO) with ``MAX_ITEM_LIST_LENGTH = length``, each model's default architecture, and ONE objective
@@ -10,6 +10,7 @@ cosine, tau 0.05, batch 128): the seconds of one training epoch (RecBole trainer
 ``_train_epoch``, data loading included), of one full-ranking evaluation of all users on the
 validation split (``trainer.evaluate``, metrics included), and the peak resident memory of each
 (the kernel's high-water mark, reset before each phase; what the data already holds included).
+``Hydra-ckpt`` is Hydra with ``layer_checkpointing: True`` (``VARIANTS``).
 
 ``--repo PATH`` imports recbole_hydra from another checkout (a ``git worktree`` of an older
 commit) and ``--label`` names the run: how the before/after table is made. Results go to
@@ -39,6 +40,10 @@ OBJECTIVE = {"loss_type": "InfoNCE", "num_negatives": 512, "exclude_history_nega
              "show_progress": False, "seed": 2020, "reproducibility": False}
 
 
+# Models with a non-default setting, usable in --models: name -> (model, config overrides).
+VARIANTS = {"Hydra-ckpt": ("Hydra", {"layer_checkpointing": True})}
+
+
 def _peak_mb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -60,8 +65,9 @@ def _setup(model_name, dataset, length, data_path):
 
     from recbole_hydra.quick_start import create_dataset, get_trainer, load_model, make_config
 
+    model_name, variant = VARIANTS.get(model_name, (model_name, {}))
     config = make_config(model_name, dataset, config_dict={
-        **OBJECTIVE, "MAX_ITEM_LIST_LENGTH": length, "data_path": os.path.abspath(data_path)})
+        **OBJECTIVE, **variant, "MAX_ITEM_LIST_LENGTH": length, "data_path": os.path.abspath(data_path)})
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = load_model(config, train._dataset)
     trainer = get_trainer(config)(config, model)

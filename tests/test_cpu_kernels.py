@@ -9,8 +9,11 @@ import torch
 
 from recbole_hydra.layers import kernels
 from recbole_hydra.layers.conv import _CausalConvSiLU, _CausalConvSiLUCpu, causal_conv_silu
+from recbole_hydra.layers.ffn import SwiGLU
+from recbole_hydra.layers.hydra_layer import HydraLayer
 from recbole_hydra.layers.mamba1 import Mamba1
 from recbole_hydra.layers.mamba2 import Mamba2, MultiHeadLatentMamba2
+from recbole_hydra.layers.norms import GatedRMSNorm
 from recbole_hydra.layers.ssd import _DiagonalBlocks, ssd_scan
 
 F64 = torch.float64
@@ -90,7 +93,27 @@ BLOCKS = {
     "latent": lambda: MultiHeadLatentMamba2(3, 4, d_state=6, chunk_size=5, dtype=F64),
     "latent_grouped": lambda: MultiHeadLatentMamba2(2, 4, d_state=3, headdim=2, ngroups=2, chunk_size=4, dtype=F64),
     "mamba1": lambda: Mamba1(8, d_state=4, dtype=F64),
+    "hydra_layer": lambda: HydraLayer(8, 2, 4, 6, d_state=5, chunk_size=4).double(),
 }
+
+
+def _use_kernels(module, flag):
+    for m in module.modules():  # the block and its norm and FFN: each reads its own flag
+        if hasattr(m, "use_kernels"):
+            m.use_kernels = flag
+
+
+def _saved_bytes(fn, *args):
+    """Bytes of distinct storages autograd keeps for backward while running fn(*args)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))
@@ -100,7 +123,7 @@ def test_block_outputs_and_gradients_same_with_and_without_kernels(name):
     u = torch.randn(2, 11, block.d_model if hasattr(block, "d_model") else 8, dtype=F64)
     results = []
     for use_kernels in (True, False):
-        block.use_kernels = use_kernels
+        _use_kernels(block, use_kernels)
         block.zero_grad()
         v = u.clone().requires_grad_()
         out = block(v)
@@ -110,6 +133,69 @@ def test_block_outputs_and_gradients_same_with_and_without_kernels(name):
         results.append([out, out_eval, v.grad] + [p.grad for p in block.parameters()])
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocks,group_size", [(1, 6), (3, 4), (2, 2)])
+def test_gated_norm_kernel_equals_pytorch_ops_both_directions(module, blocks, group_size):
+    torch.manual_seed(blocks)
+    d_block = 2 * group_size
+    hidden = blocks * d_block
+    norm = GatedRMSNorm(hidden, group_size=group_size, dtype=F64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 7, hidden, dtype=F64)
+    z_proj = torch.randn(3, 7, blocks, d_block + 1, dtype=F64)  # z a column slice, as the blocks pass it
+    grad = torch.randn(3, 7, hidden, dtype=F64)
+    results = []
+    for use_kernels in (True, False):
+        norm.use_kernels, norm.weight.grad = use_kernels, None
+        xv, zv = x.clone().requires_grad_(), z_proj.clone().requires_grad_()
+        out = norm(xv, zv[..., :d_block])
+        out.backward(grad)
+        with torch.no_grad():
+            out_eval = norm(x, z_proj[..., :d_block])
+        results.append((out, out_eval, xv.grad, zv.grad, norm.weight.grad))
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    norm.use_kernels = True
+    assert torch.autograd.gradcheck(lambda a, b: norm(a, b), (x[:1, :3].clone().requires_grad_(),
+                                                              x[:1, :3].clone().requires_grad_()))
+
+
+def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
+    torch.manual_seed(0)
+    ffn = SwiGLU(6, 5).double()
+    x, grad = torch.randn(2, 9, 6, dtype=F64), torch.randn(2, 9, 6, dtype=F64)
+    results = []
+    for use_kernels in (True, False):
+        ffn.use_kernels = use_kernels
+        ffn.zero_grad()
+        xv = x.clone().requires_grad_()
+        out = ffn(xv)
+        out.backward(grad)
+        with torch.no_grad():
+            out_eval = ffn(x)
+        results.append([out, out_eval, xv.grad] + [p.grad for p in ffn.parameters()])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    weights = [p for p in ffn.parameters()]
+    assert torch.autograd.gradcheck(lambda a, *w: ffn(a), (x[0, :4].clone().requires_grad_(), *weights))
+
+
+def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
+    """What they exist for besides speed: backward recomputes the gates, so autograd keeps three
+    fewer tensors of x's size for the norm (SiLU(z), the gated and the normalised x) and two
+    fewer of the inner size for the FFN (the SiLU and the product)."""
+    torch.manual_seed(0)
+    norm, ffn = GatedRMSNorm(32, group_size=8), SwiGLU(16, 32)
+    x, z, u = (torch.randn(4, 50, d, requires_grad=True) for d in (32, 32, 16))
+    one_tensor = 4 * 50 * 32 * 4  # bytes of one (4, 50, 32) float32 tensor: x, or the FFN's inner size
+    for m, args, fewer in ((norm, (x, z), 3), (ffn, (u,), 2)):
+        with_kernels = _saved_bytes(m, *args)
+        m.use_kernels = False
+        without = _saved_bytes(m, *args)
+        m.use_kernels = True
+        assert without - with_kernels >= (fewer - 0.1) * one_tensor, (type(m).__name__, with_kernels, without)
 
 
 def test_failed_build_falls_back_with_one_warning(monkeypatch):

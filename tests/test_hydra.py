@@ -92,3 +92,32 @@ def test_explicit_head_size_may_differ_from_hidden_size(tmp_path):
     model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL, "head_size": 6})
     batch = next(iter(train))
     assert model(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]).shape[-1] == 16
+
+
+def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
+    """``layer_checkpointing`` recomputes the layers in backward: the same loss and gradients
+    (dropout included: the recomputation replays the same random draws), and autograd keeps
+    less for backward."""
+    model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL, "dropout_prob": 0.3, "hidden_dropout_prob": 0.2})
+    model = model.double().train()
+    batch = next(iter(train))
+    results = []
+    for flag in (False, True):
+        model.layer_checkpointing = flag
+        model.zero_grad()
+        kept = {}
+
+        def pack(t):
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(3)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()], sum(kept.values())))
+    (loss, grads, kept), (loss_ckpt, grads_ckpt, kept_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss, rtol=1e-12, atol=1e-12)
+    for g_ckpt, g in zip(grads_ckpt, grads):
+        torch.testing.assert_close(g_ckpt, g, rtol=1e-10, atol=1e-12)
+    assert kept_ckpt < kept / 2, (kept_ckpt, kept)

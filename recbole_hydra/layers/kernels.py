@@ -31,7 +31,7 @@ _WHERE = {
     "causal_conv1d_update": "causal_conv1d",
 }
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp")
+_SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp", "gated_rms_norm.cpp", "swiglu.cpp")
 # -march=native: the build is per machine (the name below includes the CPU); -ffast-math at
 # compile time only (never linked, so the process keeps IEEE denormals), for vectorised exp.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 __all__ = ["RMSNorm", "GatedRMSNorm"]
 
 
@@ -34,6 +36,7 @@ class GatedRMSNorm(nn.Module):
         hidden_size: int,
         eps: float = 1e-5,
         group_size: Optional[int] = None,
+        use_kernels: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -47,14 +50,47 @@ class GatedRMSNorm(nn.Module):
         self.hidden_size = hidden_size
         self.group_size = group_size
         self.eps = eps
+        self.use_kernels = use_kernels
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, z: Optional[Tensor] = None) -> Tensor:
+        """``x (..., hidden_size)``; ``z`` the gate, of x's shape or of any shape with the same
+        elements in the same order (e.g. ``(..., heads, channels per head)``, so that a strided
+        column slice needs no copy)."""
+        module = kernels.cpu_kernels(self.use_kernels, x) if z is not None else None
+        if module is not None and z.dtype == x.dtype == self.weight.dtype:
+            return _GatedRMSNormCpu.apply(x, z, self.weight, self.group_size, self.eps, module)
         if z is not None:
-            x = x * F.silu(z)
+            x = x * F.silu(z.reshape(x.shape))
         grouped = x.unflatten(-1, (self.hidden_size // self.group_size, self.group_size))
         normed = F.rms_norm(grouped, (self.group_size,), eps=self.eps).flatten(-2)
         return normed * self.weight
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, group_size={self.group_size}, eps={self.eps}"
+
+
+
+class _GatedRMSNormCpu(torch.autograd.Function):
+    """``GatedRMSNorm`` by the compiled CPU kernel (``recbole_hydra/csrc/gated_rms_norm.cpp``): one
+    pass per direction, and only x, z and one inverse RMS per group kept for backward, which
+    recomputes the gate and the normalised values. Autograd of the PyTorch ops keeps five
+    tensors of x's size (x, z, SiLU(z), the gated x, the normalised x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float, kernels_module) -> Tensor:
+        groups = x.shape[-1] // group_size  # (N, groups, group_size) views where the strides allow
+        x3, z3 = (t.reshape(-1, groups, group_size) for t in (x, z))
+        x3, z3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (x3, z3))
+        out, inv_rms = kernels_module.gated_rms_norm_forward(x3, z3, weight.contiguous(), eps)
+        ctx.save_for_backward(x3, z3, weight, inv_rms)
+        ctx.kernels_module, ctx.shapes = kernels_module, (x.shape, z.shape)
+        return out.view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x3, z3, weight, inv_rms = ctx.saved_tensors
+        grad_x, grad_z, grad_weight = ctx.kernels_module.gated_rms_norm_backward(grad_out, x3, z3, weight.contiguous(), inv_rms)
+        x_shape, z_shape = ctx.shapes
+        return grad_x.view(x_shape), grad_z.view(z_shape), grad_weight, None, None, None

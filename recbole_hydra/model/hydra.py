@@ -1,6 +1,8 @@
 """Hydra: multi-head latent Mamba-2 for sequential recommendation (Yuan 2025, arXiv 2504.07398)."""
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recbole_hydra.layers.hydra_layer import HydraLayer
 from recbole_hydra.layers.item_llm import ItemLLMEncoder
@@ -28,6 +30,10 @@ class Hydra(GenerativeSequentialRecommender):
     then the encoder's H0 rows. Each training step runs inside the encoder's ``step()``, so each
     distinct item (input, positive, negative) is encoded once; in eval mode the encoder's item
     table is computed once and reused.
+
+    ``layer_checkpointing: True`` keeps only each layer's input for backward and recomputes the
+    layer there (``torch.utils.checkpoint``): the activations kept while training shrink to one
+    ``(batch, length, hidden_size)`` tensor per layer, for one more forward pass of every layer.
     """
 
     def __init__(self, config, dataset):
@@ -47,6 +53,7 @@ class Hydra(GenerativeSequentialRecommender):
             raise ValueError(f"item_model must be one of {ITEM_MODELS}, got {self.item_model!r}")
         if self.item_model == "embedding":
             self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
+        self.layer_checkpointing = bool(config["layer_checkpointing"])
         self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.emb_norm = RMSNorm(hidden_size)
         self.layers = nn.ModuleList(
@@ -96,8 +103,9 @@ class Hydra(GenerativeSequentialRecommender):
 
     def forward(self, item_seq, item_seq_len):
         h = self._embed(item_seq)
+        recompute = self.layer_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h)
+            h = checkpoint(layer, h, use_reentrant=False) if recompute else layer(h)
         return h
 
     def _last_hidden(self, interaction):
