@@ -6,6 +6,11 @@ RecBole's own ``load_data_and_model`` and trainer work with plugin models and to
 
 __version__ = "0.1.0"
 
-from recbole_hydra.quick_start import run  # noqa: E402  (installs the compat shims)
+from recbole_hydra import compat, registry  # noqa: E402
+from recbole_hydra.checkpoint import load_data_and_model, read_checkpoint  # noqa: E402
+from recbole_hydra.quick_start import run  # noqa: E402
+
+compat.install(get_model=registry.get_model, create_dataset=registry.create_dataset,
+               read_checkpoint=read_checkpoint, load_data_and_model=load_data_and_model)
 
 __all__ = ["run", "__version__"]

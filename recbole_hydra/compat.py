@@ -4,11 +4,10 @@
    checkpoints pickle its ``Config`` object with ``pickle_protocol=4``, whose framing torch's safe
    unpickler rejects outright: RecBole cannot reload its own checkpoint
    (``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, ``load_data_and_model``).
-   ``load_recbole_checkpoint`` loads them with ``weights_only=False``, the behaviour RecBole was
-   written for; as with any pickle, load only checkpoints you trust. RecBole's trainer module
-   gets it as its ``torch.load``, and RecBole's ``load_data_and_model`` is this module's (also
-   through a reference taken before ``recbole_hydra`` was imported: shim 3); ``torch.load``
-   elsewhere is untouched.
+   RecBole's trainer module gets the package's checkpoint reader
+   (``recbole_hydra.checkpoint.read_checkpoint``) as its ``torch.load``, and RecBole's
+   ``load_data_and_model`` is the package's (also through a reference taken before
+   ``recbole_hydra`` was imported: shim 3); ``torch.load`` elsewhere is untouched.
 2. Warnings RecBole 1.2.1 raises on today's pandas that no user can act on (chained-assignment
    FutureWarnings inside its loader): ``quiet_known_warnings`` filters exactly those; the CLI
    calls it.
@@ -17,7 +16,7 @@
    dataset class by model name. Their module globals are pointed at the plugin-aware versions,
    which fall back to RecBole's for its own models.
 
-Multi-process training (``quick_start.run(..., nproc=N)``, ``recbole_hydra.distributed``).
+Multi-process training (``recbole_hydra.training``, ``run(..., nproc=N)``).
 RecBole 1.2.1's DDP only runs on CUDA with NCCL, and its evaluation can read the wrong checkpoint:
 
 4. Process group and device. ``Config._init_device`` asserts one CUDA device per process, always
@@ -60,47 +59,16 @@ from torch.nn.parallel import DistributedDataParallel
 #: ``local_rank: 0`` and ``single_spec: True``.
 DISTRIBUTED_KEYS = ("world_size", "nproc", "offset", "ip", "port")
 
-def load_recbole_checkpoint(path, *args, **kwargs):
-    """``torch.load`` of a RecBole checkpoint (a pickle of RecBole's Config, see above).
-
-    Building a ``Config`` restores the numpy aliases (``np.float``, ...) that RecBole's metrics
-    use; unpickling one does not, so a process that only loads a checkpoint (``--checkpoint``)
-    would fail in the evaluator: the loaded config restores them as building it would."""
-    kwargs.setdefault("weights_only", False)
-    checkpoint = torch.load(path, *args, **kwargs)
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if hasattr(config, "compatibility_settings"):
-        config.compatibility_settings()
-    return checkpoint
-
-
 def quiet_known_warnings():
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole(\.|$)")
 
 
-def _torch_with_checkpoint_load():
-    """A stand-in for the ``torch`` module whose ``load`` is ``load_recbole_checkpoint``."""
+def _torch_with_load(load):
+    """A stand-in for the ``torch`` module whose ``load`` is ``load``."""
     proxy = types.ModuleType("torch")
     proxy.__getattr__ = lambda name: getattr(torch, name)
-    proxy.load = load_recbole_checkpoint
+    proxy.load = load
     return proxy
-
-
-def load_data_and_model(model_file):
-    """RecBole's ``load_data_and_model``, for plugin and RecBole models, under torch >= 2.6."""
-    import recbole.quick_start.quick_start as qs
-
-    checkpoint = load_recbole_checkpoint(model_file)
-    config = checkpoint["config"]
-    qs.init_seed(config["seed"], config["reproducibility"])
-    qs.init_logger(config)
-    dataset = qs.create_dataset(config)
-    train_data, valid_data, test_data = qs.data_preparation(config, dataset)
-    qs.init_seed(config["seed"], config["reproducibility"])
-    model = qs.get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    return config, model, dataset, train_data, valid_data, test_data
 
 
 def init_distributed(config, local_rank, world_size, nproc=None, ip="localhost", port=5678,
@@ -206,13 +174,20 @@ ENSURE_DIR_USERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logge
                     "recbole.trainer.trainer", "recbole.data.utils", "recbole.data.dataset.dataset")
 
 
-def install(get_model, create_dataset):
-    """Apply the shims (idempotent). Import ``recbole_hydra`` before using RecBole's entry points."""
+#: the package's functions that ``install`` put into RecBole (shim 3's ``_call_ours`` reads it)
+INSTALLED = {}
+
+
+def install(get_model, create_dataset, read_checkpoint, load_data_and_model):
+    """Apply the shims (idempotent) with the package's model and dataset resolution
+    (``recbole_hydra.registry``) and checkpoint loading (``recbole_hydra.checkpoint``). Import
+    ``recbole_hydra`` before using RecBole's entry points."""
     import recbole.quick_start
     import recbole.quick_start.quick_start as qs
     import recbole.trainer.trainer as trainer_module
 
-    trainer_module.torch = _torch_with_checkpoint_load()
+    INSTALLED.update(load_data_and_model=load_data_and_model)
+    trainer_module.torch = _torch_with_load(read_checkpoint)
     trainer_module.DistributedDataParallel = distributed_data_parallel
     for name in ENSURE_DIR_USERS:
         importlib.import_module(name).ensure_dir = ensure_dir
@@ -223,11 +198,13 @@ def install(get_model, create_dataset):
     if recbole_loader is not load_data_and_model and recbole_loader.__code__ is not _call_ours.__code__:
         # RecBole's function imports torch locally, so no module global reaches its torch.load;
         # a reference taken before this import (``from recbole.quick_start import
-        # load_data_and_model`` above ``import recbole_hydra``) gets this module's version too.
+        # load_data_and_model`` above ``import recbole_hydra``) gets the package's version too.
         recbole_loader.__code__ = _call_ours.__code__
 
 
 def _call_ours(model_file):
-    from recbole_hydra.compat import load_data_and_model as ours
+    # Runs as RecBole's own function, with its module's globals: it finds the package's loader
+    # through this module.
+    from recbole_hydra import compat
 
-    return ours(model_file)
+    return compat.INSTALLED["load_data_and_model"](model_file)

@@ -22,7 +22,8 @@ from typing import NamedTuple, Sequence, Tuple
 
 import torch
 
-from recbole_hydra import compat
+from recbole_hydra.checkpoint import load_data_and_model, load_model
+from recbole_hydra.errors import UsageError
 from recbole_hydra.layers.losses import similarity_scores
 from recbole_hydra.layers.mamba2 import Mamba2Cache
 from recbole_hydra.model.hydra import Hydra
@@ -41,16 +42,6 @@ class StreamState(NamedTuple):
 torch.serialization.add_safe_globals([StreamState])
 
 
-class _ItemCount:
-    """What ``SequentialRecommender.__init__`` reads from a dataset: the number of items."""
-
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
-
-
 class StreamingRecommender:
     def __init__(self, model: Hydra):
         if not isinstance(model, Hydra):
@@ -61,15 +52,7 @@ class StreamingRecommender:
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
         """A RecBole checkpoint of Hydra (``saved/Hydra-*.pth``), without loading its dataset."""
-        checkpoint = compat.load_recbole_checkpoint(path, map_location=device)
-        config = checkpoint["config"]
-        if config["model"] != "Hydra":
-            raise ValueError(f"{path} holds a {config['model']} model; streaming needs Hydra")
-        config["device"] = torch.device(device)
-        n_items = checkpoint["state_dict"]["item_embedding.weight"].shape[0]
-        model = Hydra(config, _ItemCount(n_items)).to(device)
-        model.load_state_dict(checkpoint["state_dict"])
-        return cls(model)
+        return cls(load_model(path, device, model_class=Hydra))
 
     # -- states ------------------------------------------------------------------------------
     def _check_items(self, items):
@@ -168,7 +151,10 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay must be a non-negative integer, got {replay!r}")
     out = out or sys.stdout
-    config, model, dataset, _, _, test = compat.load_data_and_model(checkpoint)
+    config, model, dataset, _, _, test = load_data_and_model(checkpoint)
+    if not isinstance(model, Hydra):
+        raise UsageError(f"{checkpoint} holds a {type(model).__name__} model; --recommend needs "
+                         "a Hydra checkpoint")
     streamer = StreamingRecommender(model.to("cpu"))
     inter = test.dataset.inter_feat
     uid_field, iid_field = dataset.uid_field, dataset.iid_field

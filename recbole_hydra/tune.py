@@ -12,7 +12,7 @@ with its spaces removed), into the equivalent Ray Tune distributions (``quniform
 bounds and step gives integers, so that it can tune sizes). Blank lines and ``#`` comments are
 allowed; any other line that does not parse ends the search before it starts, naming the line.
 
-Each trial is ``quick_start.run`` with the sampled keys on top of the command line's config, in
+Each trial is ``recbole_hydra.training.run`` with the sampled keys on top of the command line's config, in
 its own directory under ``<tune_dir>/<experiment>/`` (so it leaves what a plain run leaves there:
 ``saved/`` checkpoint, ``log/`` RecBole log, ``results.md``/``result.json``). After every
 validation the trial reports the valid score to Tune (``run``'s ``epoch_callback``), and ASHA
@@ -32,7 +32,9 @@ import os
 import re
 from pathlib import Path
 
-from recbole_hydra.quick_start import UsageError, make_config, run
+from recbole_hydra.config import PROPERTIES, make_config
+from recbole_hydra.errors import UsageError
+from recbole_hydra.training import evaluate_checkpoint, results_table, run
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
 METRIC = "valid_score"  # the config's valid_metric, as reported by every trial
@@ -95,8 +97,6 @@ def parse_params(text, source="params file"):
 
 def default_params_file(model):
     """``properties/tune/<model>.hyper`` (lower case) when the package has one."""
-    from recbole_hydra.quick_start import PROPERTIES
-
     name = model if isinstance(model, str) else model.__name__
     path = PROPERTIES / "tune" / f"{name.lower()}.hyper"
     return str(path) if path.is_file() else None
@@ -193,16 +193,6 @@ def run_trial(params, base):
     _report({METRIC: result["best_valid_score"], "epochs_trained": result["epochs"],
              "model_file": model_file,
              **{f"test/{k}": v for k, v in result["test_result"].items()}})
-
-
-def results_table(result):
-    """The valid/test table ``run_hydra.py`` prints for a run."""
-    rows = [("valid", result["best_valid_result"]), ("test", result["test_result"])]
-    metrics = list(result["test_result"])
-    lines = ["| split | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |"
-              for name, values in rows]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,8 +390,6 @@ def _test_from_checkpoint(model_file):
     """The test result of a trial that ASHA stopped: its best checkpoint, re-evaluated."""
     if not model_file or not os.path.isfile(model_file):
         return None
-    from recbole_hydra.quick_start import evaluate_checkpoint
-
     return dict(evaluate_checkpoint(model_file, show_progress=False)["test_result"])
 
 

@@ -3,7 +3,9 @@
 import torch
 from recbole.data import data_preparation
 
-from recbole_hydra.quick_start import create_dataset, load_model, make_config
+from recbole_hydra.config import make_config
+from recbole_hydra import registry
+from recbole_hydra.registry import create_dataset
 from tests.conftest import quiet_config, random_sequences, write_inter
 
 
@@ -12,7 +14,7 @@ def build_model(tmp_path, model, n_users=20, n_items=30, min_len=3, max_len=12, 
     config = make_config(model, "toy", config_dict=quiet_config(root, **overrides))
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
-    return load_model(config, train._dataset), train, valid, test
+    return registry.build_model(config, train._dataset), train, valid, test
 
 
 def random_batch(model, batch=4, length=10, seed=0):

@@ -2,7 +2,6 @@
 
 import csv
 import gzip
-import inspect
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 
 from recbole_hydra.data import amazon2023
-from recbole_hydra.data.amazon2023 import convert, main, missing_dataset_hint
+from recbole_hydra.data.amazon2023 import convert, main
+from recbole_hydra.data.catalogue import missing_dataset_hint
 
 T0 = 1_588_615_855_070  # a millisecond timestamp as the dataset publishes them
 TEXT = {"title": 'Vinyl 12" "Deluxe"\tEdition\nRemastered', "main_category": "Books",
@@ -392,12 +392,9 @@ def test_recbole_loads_the_output_and_hydra_trains_on_it(tmp_path):
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
-@pytest.mark.skipif(
-    "missing_dataset_hint" not in inspect.getsource(__import__("recbole_hydra.quick_start",
-                                                               fromlist=["x"])),
-    reason="quick_start.check_config does not call missing_dataset_hint yet")
 def test_run_hydra_names_the_files_to_download(tmp_path):
-    from recbole_hydra.quick_start import UsageError, make_config
+    from recbole_hydra.config import make_config
+    from recbole_hydra.errors import UsageError
 
     with pytest.raises(UsageError, match="meta_Books.jsonl.gz"):
         make_config("Hydra", "amazon-books", config_dict={"data_path": str(tmp_path)})

@@ -15,9 +15,12 @@ import torch.distributed as dist
 from recbole.config import Config
 
 import run_hydra
-from recbole_hydra import compat, distributed
+from recbole_hydra import compat, training
+from recbole_hydra.checkpoint import read_checkpoint
 from recbole_hydra.model.hydra import Hydra
-from recbole_hydra.quick_start import UsageError, evaluate_checkpoint, make_config
+from recbole_hydra.config import make_config
+from recbole_hydra.errors import UsageError
+from recbole_hydra.quick_start import evaluate_checkpoint
 from tests.conftest import ml100k_slice, quiet_config
 
 TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
@@ -77,10 +80,10 @@ def test_shim_ddp_wraps_a_cpu_model(one_process_group):
     config, _ = one_process_group
     from recbole.data import data_preparation
 
-    from recbole_hydra.quick_start import create_dataset, get_trainer, load_model
+    from recbole_hydra.registry import build_model, create_dataset, get_trainer
 
     train, _, _ = data_preparation(config, create_dataset(config))
-    model = load_model(config, train._dataset)
+    model = build_model(config, train._dataset)
     with pytest.raises(ValueError, match="device_ids"):
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
     trainer = get_trainer(config)(config, model)  # RecBole's AbstractTrainer wraps it in DDP
@@ -109,7 +112,6 @@ def _rank(local_rank, data, out, port):
     torch.set_num_threads(1)
     import recbole.trainer.trainer as trainer_module
 
-    import recbole_hydra.quick_start as quick_start
     from recbole_hydra.trainer import GenerativeTrainer
 
     seen, loaded, trained, train_rows = [], [], [], []
@@ -118,7 +120,7 @@ def _rank(local_rank, data, out, port):
     save = GenerativeTrainer._save_checkpoint
     fit = GenerativeTrainer.fit
     load = trainer_module.torch.load
-    prepare = quick_start.data_preparation
+    prepare = training.data_preparation
 
     def counted_loss(self, interaction):
         seen[-1].append(interaction["user_id"].tolist())
@@ -152,10 +154,10 @@ def _rank(local_rank, data, out, port):
     if local_rank == 1:  # rank 1's clock reads another second when it names its checkpoint
         trainer_module.get_local_time = lambda: "Jan-01-2000_00-00-00"
     GenerativeTrainer.fit, trainer_module.torch.load = noted_fit, noted_load
-    quick_start.data_preparation = noted_preparation
+    training.data_preparation = noted_preparation
     # one epoch: rank 0's only checkpoint is written a second after rank 1 could first load it
     config = quiet_config(data, epochs=1, train_batch_size=32, time_budget_s=600, **TINY_HYDRA)
-    result = distributed.run_rank(local_rank, "Hydra", "ml-100k-slice", None, config, True,
+    result = training.run_rank(local_rank, "Hydra", "ml-100k-slice", None, config, True,
                                   world_size=2, nproc=2, port=port, timeout_s=120)
     record = {"seen": seen, "loaded": loaded, "trained": trained, "train_rows": train_rows,
               "model_file": result["model_file"], "test_result": dict(result["test_result"])}
@@ -190,7 +192,7 @@ def test_two_gloo_processes_share_the_work_and_the_checkpoint(tmp_path):
         mp.delattr(np, "float", raising=False)
         again = evaluate_checkpoint(r0["model_file"], show_progress=False)
     assert set(again["test_result"]) == METRICS
-    assert compat.load_recbole_checkpoint(r0["model_file"])["config"]["single_spec"] is True
+    assert read_checkpoint(r0["model_file"])["config"]["single_spec"] is True
 
 
 def test_cli_nproc_dispatches_to_the_process_group(monkeypatch, capsys):
@@ -200,7 +202,7 @@ def test_cli_nproc_dispatches_to_the_process_group(monkeypatch, capsys):
         calls.append((args, kwargs))
         return None  # what a node without global rank 0 gets
 
-    monkeypatch.setattr(distributed, "run", fake_run)
+    monkeypatch.setattr(training, "run_distributed", fake_run)
     code = run_hydra.main(["--nproc=2", "--world_size=4", "--ip=10.0.0.1", "--port=29500",
                            "--group_offset=2", "--epochs=3"])
     assert code == 0 and "ranks 2..3 finished" in capsys.readouterr().out
@@ -222,7 +224,7 @@ def test_cli_bad_group_is_one_line(capsys, argv, message):
 
 
 def test_check_group():
-    assert distributed.check_group(2, -1, 0) == 2
-    assert distributed.check_group(2, 4, 2) == 4
+    assert training.check_group(2, -1, 0) == 2
+    assert training.check_group(2, 4, 2) == 4
     with pytest.raises(UsageError):
-        distributed.check_group(3, 4, 2)
+        training.check_group(3, 4, 2)

@@ -9,7 +9,8 @@ import recbole.quick_start
 import recbole.utils
 from recbole.utils.case_study import full_sort_topk
 
-from recbole_hydra import compat
+from recbole_hydra import checkpoint
+from recbole_hydra.checkpoint import read_checkpoint
 from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.quick_start import evaluate_checkpoint, run
 from tests.conftest import ml100k_slice, quiet_config
@@ -121,10 +122,10 @@ def test_shim_checkpoint_needed_and_works(trained):
     result, _ = trained
     with pytest.raises(pickle.UnpicklingError):
         torch.load(result["model_file"])
-    assert compat.load_recbole_checkpoint(result["model_file"])["config"]["model"] == "Hydra"
+    assert read_checkpoint(result["model_file"])["config"]["model"] == "Hydra"
     import recbole.trainer.trainer as trainer_module
 
-    assert trainer_module.torch.load is compat.load_recbole_checkpoint
+    assert trainer_module.torch.load is read_checkpoint
     assert trainer_module.torch.nn is torch.nn  # everything else is torch itself
 
 
@@ -158,7 +159,7 @@ def test_shim_plugin_models_resolve_in_recbole():
 
     assert qs.get_model("Hydra") is Hydra
     assert qs.get_model("SASRec").__name__ == "SASRec"
-    assert recbole.quick_start.load_data_and_model is compat.load_data_and_model
+    assert recbole.quick_start.load_data_and_model is checkpoint.load_data_and_model
 
 
 def test_recbole_model_runs_the_same_way(tmp_path):

@@ -35,7 +35,8 @@ def test_ml1m_config_splits_by_time(tmp_path):
     # RecBole has no ml-1m.yaml: the package's loads the timestamp, so LOO by time works
     from recbole.data import data_preparation
 
-    from recbole_hydra.quick_start import create_dataset, make_config
+    from recbole_hydra.config import make_config
+    from recbole_hydra.registry import create_dataset
 
     folder = tmp_path / "ml-1m"
     folder.mkdir()

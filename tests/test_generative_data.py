@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from recbole_hydra.model.base import GenerativeSequentialRecommender
-from recbole_hydra.quick_start import UsageError, create_dataset, make_config
+from recbole_hydra.config import make_config
+from recbole_hydra.errors import UsageError
+from recbole_hydra.registry import create_dataset
 from tests.conftest import quiet_config, random_sequences, write_inter
 
 MAX_LEN = 8

@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from recbole_hydra.model.hstu import HSTU, time_buckets
-from recbole_hydra.quick_start import create_dataset, load_model, make_config, run
+from recbole_hydra.config import make_config
+from recbole_hydra.quick_start import run
+from recbole_hydra import registry
+from recbole_hydra.registry import create_dataset
 from tests.conftest import ml100k_slice, quiet_config, random_sequences, write_inter
 from tests.model_helpers import (
     assert_causal,
@@ -113,7 +116,7 @@ def test_builds_on_a_dataset_without_time_field(tmp_path):
     config = make_config("HSTU", "toy", config_dict=quiet_config(root, **SMALL))
     dataset = create_dataset(config)
     dataset.time_field = None
-    model = load_model(config, dataset)
+    model = registry.build_model(config, dataset)
     assert not model.use_time and model.layers[0].time_bias is None
     seq, lengths = random_batch(model)
     assert model(seq, lengths).shape == (*seq.shape, 16)

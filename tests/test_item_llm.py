@@ -13,8 +13,14 @@ import torch
 from recbole.data import data_preparation
 
 from recbole_hydra.layers import item_llm
-from recbole_hydra.layers.item_llm import ITEM_TOKEN, export_item_table, load_item_table
-from recbole_hydra.quick_start import UsageError, create_dataset, evaluate_checkpoint, load_model, make_config, run
+from recbole_hydra.checkpoint import export_item_table, load_item_table
+from recbole_hydra.checkpoint import main as export_main
+from recbole_hydra.data.item_text import item_texts
+from recbole_hydra.layers.item_llm import ITEM_TOKEN
+from recbole_hydra.config import make_config
+from recbole_hydra.errors import UsageError
+from recbole_hydra.quick_start import evaluate_checkpoint, run
+from recbole_hydra.registry import build_model, create_dataset
 from tests.conftest import ML100K, ml100k_slice, quiet_config, random_sequences, write_inter
 
 transformers = pytest.importorskip("transformers")
@@ -70,7 +76,7 @@ def build(tmp_path, llm_path, load_col=TOY_LOAD_COL, with_item_file=True, **over
         root, load_col=load_col, llm_path=llm_path, **{**SMALL, **overrides}))
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
-    return load_model(config, train._dataset), train, test, config
+    return build_model(config, train._dataset), train, test, config
 
 
 def spy_llm(encoder):
@@ -89,7 +95,7 @@ def spy_llm(encoder):
 def test_item_text_and_item_token_once_at_the_end(tmp_path, tiny_llms):
     model, train, _, _ = build(tmp_path, tiny_llms["bert"], item_text_max_tokens=12)
     dataset = train._dataset
-    texts = item_llm.item_texts(dataset, ["title", "genre", "year"], "Describe: ")
+    texts = item_texts(dataset, ["title", "genre", "year"], "Describe: ")
     i1 = dataset.token2id("item_id", "i1")
     assert texts[i1] == "Describe: title: Title number 1. genre: Drama. year: 1981."
     assert texts[dataset.token2id("item_id", "i0")].endswith("genre: Action Sci Fi. year: 1980.")
@@ -208,7 +214,7 @@ def test_exported_table_reproduces_scores_without_the_llm(tmp_path, tiny_llms):
         expected = model.full_sort_predict(batch)
     table = export_item_table(model, tmp_path / "table.pt")
     config["item_model"] = "embedding"
-    plain = load_model(config, train._dataset).eval()
+    plain = build_model(config, train._dataset).eval()
     assert plain.item_encoder is None and not any("llm" in n for n, _ in plain.named_parameters())
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("item_encoder.")}
     plain.load_state_dict({**state, "item_embedding.weight": table})
@@ -239,7 +245,7 @@ def test_end_to_end_ml100k_with_bundled_minilm_and_export(tmp_path):
     result = run("Hydra", "ml-100k-slice", config_dict=config)
     assert result["epochs"] == 1 and all(0 <= v <= 1 for v in result["test_result"].values())
     exported, table_file = str(tmp_path / "exported.pth"), str(tmp_path / "table.pt")
-    item_llm.main([result["model_file"], exported, "--table", table_file])  # the export command
+    export_main([result["model_file"], exported, "--table", table_file])  # the export command
     table = torch.load(table_file, weights_only=True)
     assert table.shape[1] == 16
     checkpoint = torch.load(exported, weights_only=False)

@@ -19,7 +19,10 @@ from recbole_hydra.data import fetch as fetch_module
 from recbole_hydra.data.multidomain import MultiDomainError
 from recbole_hydra.model import hydra_md
 from recbole_hydra.model.hydra_md import HydraMD, MultiDomainTrainer, domain_table, sample_domain_negatives
-from recbole_hydra.quick_start import PROPERTIES, UsageError, create_dataset, get_trainer, load_model, make_config, run
+from recbole_hydra.config import make_config, PROPERTIES
+from recbole_hydra.errors import UsageError
+from recbole_hydra.quick_start import run
+from recbole_hydra.registry import build_model, create_dataset, get_trainer
 from tests.conftest import quiet_config
 
 TINY = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=4, num_negatives=8,
@@ -242,7 +245,7 @@ def test_negatives_come_from_the_requested_domain_only():
 def test_training_negatives_and_scores_stay_inside_the_target_domain(tmp_path, monkeypatch):
     root = write_domains(tmp_path / "data", "md", random_rows(seed=3))
     config, ds, train, valid, test = build(root, num_negatives=64, exclude_history_negatives=False)
-    model = load_model(config, train._dataset)
+    model = build_model(config, train._dataset)
     table = model.item_embedding.weight
 
     def ids_of(vectors):  # embedding rows back to item ids (random rows are distinct)
@@ -274,7 +277,7 @@ def test_training_negatives_and_scores_stay_inside_the_target_domain(tmp_path, m
 
 def test_prediction_is_the_sum_of_domain_and_merged_states(hand):
     config, ds, train, valid, _ = build(hand, MAX_ITEM_LIST_LENGTH=3, MAX_MERGED_LIST_LENGTH=4)
-    model = load_model(config, train._dataset).eval()
+    model = build_model(config, train._dataset).eval()
     batch = next(iter(valid))[0]
     with torch.no_grad():
         out = model.forward(batch["item_id_list"], batch["item_length"])
@@ -311,7 +314,7 @@ def test_per_domain_metrics_are_recboles_on_each_domains_rows(tmp_path):
     """Recall/NDCG of one domain computed by hand from the model's ranks inside that domain."""
     root = write_domains(tmp_path / "data", "md", random_rows(seed=5))
     config, ds, train, valid, test = build(root)
-    model = load_model(config, train._dataset)
+    model = build_model(config, train._dataset)
     trainer = MultiDomainTrainer(config, model)
     result = trainer.evaluate(test, load_best_model=False)
     ranks = defaultdict(list)
@@ -423,7 +426,7 @@ def test_with_an_item_llm_shared_by_all_domains(tmp_path):
     overrides = dict(item_model="llm", llm_path=str(folder), llm_finetune="full", item_text_max_tokens=16,
                      llm_batch_size=8, load_col={**LOAD, "item": ["item_id", "title"]})
     config, ds, train, valid, test = build(root, **overrides)
-    model = load_model(config, train._dataset)
+    model = build_model(config, train._dataset)
     calls, run_llm = [], model.item_encoder._run_llm
     model.item_encoder._run_llm = lambda ids: (calls.append(ids.tolist()), run_llm(ids))[1]
     model.train()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recbole_hydra.model.sasrec_gen import SASRecGen
-from recbole_hydra.quick_start import UsageError
+from recbole_hydra.errors import UsageError
 from tests.model_helpers import (
     assert_causal,
     assert_gradients_reach_every_parameter,

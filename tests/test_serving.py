@@ -81,7 +81,7 @@ def test_from_checkpoint_scores_like_the_trained_model(tmp_path):
     root = write_inter(tmp_path / "data", "toy", random_sequences(15, 30, 4, 12))
     result = run("Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL))
     streamer = StreamingRecommender.from_checkpoint(result["model_file"])
-    from recbole_hydra.compat import load_data_and_model
+    from recbole_hydra.checkpoint import load_data_and_model
 
     _, model, _, _, _, test = load_data_and_model(result["model_file"])
     model.eval()

@@ -12,7 +12,7 @@ import yaml
 
 import run_hydra
 from recbole_hydra import tune as hydra_tune
-from recbole_hydra.quick_start import PROPERTIES, make_config
+from recbole_hydra.config import make_config, PROPERTIES
 from tests.conftest import ml100k_slice, quiet_config
 
 TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,

@@ -74,14 +74,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-CATEGORIES = {
-    "Books": "amazon-books",
-    "Movies_and_TV": "amazon-movies-tv",
-    "Video_Games": "amazon-video-games",
-    "Toys_and_Games": "amazon-toys-games",
-}
-DATASETS = {name: category for category, name in CATEGORIES.items()}
-SITE = "https://amazon-reviews-2023.github.io/"
+from recbole_hydra.data.catalogue import AMAZON2023_CATEGORIES as CATEGORIES
+from recbole_hydra.data.catalogue import AMAZON2023_DATASETS as DATASETS
+from recbole_hydra.data.catalogue import AMAZON2023_SITE as SITE
+
 SOURCES = ("auto", "csv", "jsonl", "splits")
 SPLITS = ("train", "valid", "test")
 
@@ -121,29 +117,6 @@ def resolve_category(value: str) -> str:
             return category
     raise ConvertError(f"unknown category {value!r}: use one of {', '.join(CATEGORIES)} "
                        f"(or {', '.join(DATASETS)})")
-
-
-def missing_dataset_hint(dataset: str, data_path: str) -> Optional[str]:
-    """What to download and run when RecBole finds no atomic files for an Amazon 2023 dataset.
-
-    ``data_path`` is RecBole's ``config["data_path"]`` (``<--data_path>/<dataset>``). Returns
-    None for other datasets, or when ``<data_path>/<dataset>.inter`` exists.
-    """
-    category = DATASETS.get(dataset)
-    if category is None:
-        return None
-    folder = Path(data_path)
-    inter = folder / f"{dataset}.inter"
-    if inter.is_file():
-        return None
-    out = folder.parent if folder.name == dataset else folder
-    raw = out / "raw"
-    return (
-        f"dataset {dataset!r} is not converted yet (RecBole looks for {inter}): download "
-        f"{category}.jsonl.gz and meta_{category}.jsonl.gz (or the rating-only {category}.csv.gz "
-        f"with meta_{category}.jsonl.gz) from {SITE} into {raw}/, then run: python -m "
-        f"recbole_hydra.data.amazon2023 --category {category} --raw {raw} --out {out}"
-    )
 
 
 # --- input files ------------------------------------------------------------------------------

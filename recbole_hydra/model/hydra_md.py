@@ -78,7 +78,7 @@ class HydraMD(Hydra):
 
     def __init__(self, config, dataset):
         if not isinstance(dataset, MultiDomainSequentialDataset):
-            raise MultiDomainError("HydraMD needs a MultiDomainSequentialDataset (recbole_hydra.quick_start.create_dataset builds it)")
+            raise MultiDomainError("HydraMD needs a MultiDomainSequentialDataset (recbole_hydra.registry.create_dataset builds it)")
         super().__init__(config, dataset)
         if self.train_mode != "generative":
             raise MultiDomainError(f"HydraMD supports train_mode: generative only, got {self.train_mode!r}")
