@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Throughput and peak memory of the Amazon Reviews 2023 converter on a synthetic ratings CSV.
 
     python benchmarks/amazon2023_convert.py                  # 5M rows, writes the results file
@@ -22,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-
-import harness  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(harness.__file__).resolve()
@@ -77,7 +75,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict:
 
 
 def run_child(argv) -> dict:
-    """``python benchmarks/harness.py <argv>`` (``-m MODULE ...`` or ``-c CODE``) in a fresh
+    """``python benchmarks/harness.py <argv>`` (``-m MODULE ...`` or ``--import MODULE``) in a fresh
     process: its wall time, CPU time, peak RSS and stdout."""
     done = harness.run_fresh([HARNESS, *argv], cwd=ROOT)
     if not done.ok:
@@ -104,7 +102,7 @@ def main(argv=None):
         size_mb = (raw / "Books.csv").stat().st_size / 2**20
         print(f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {generate_s:.1f} s", flush=True)
 
-        import_rss_mb = run_child(["-c", "import recbole_hydra.data.amazon2023"])["max_rss_mb"]
+        import_rss_mb = run_child(["--import", "recbole_hydra.data.amazon2023"])["max_rss_mb"]
         command = ["-m", "recbole_hydra.data.amazon2023", "--category", "Books",
                    "--raw", raw, "--out", out, "--quiet"]
         load_before = os.getloadavg()[0]
@@ -129,19 +127,19 @@ def main(argv=None):
         "Amazon Reviews 2023 converter: throughput and memory", harness.command(),
         harness.machine(pyarrow=pa.__version__, numpy=np.__version__))
     lines += [
-        f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
+        (f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
         f"layout, {args.rows:,} rows in random order, {shape['users']:,} possible users (28-character "
         f"ids, activity ~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, "
         "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact "
         f"repeats of another's user, item and timestamp. It was generated in {generate_s:.1f} s (not "
-        "counted).",
+        "counted)."),
         "",
-        "The converter ran in a fresh process (`python benchmarks/harness.py -m "
+        ("The converter ran in a fresh process (`python benchmarks/harness.py -m "
         "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), whole run "
         "timed; its CPU time and peak RSS are that process's own (`harness.peak_rss_mb`, `VmHWM`). "
         "\"Child process\" is the whole command, Python start-up and imports included; \"conversion "
         "alone\" is the time the converter reports for itself (reading, filtering, writing); the "
-        "import alone is a process that only imports the converter's module.",
+        "import alone is a process that only imports the converter's module."),
         "",
     ]
     lines += harness.table(
@@ -150,8 +148,8 @@ def main(argv=None):
         [[f"{args.rows:,}", f"{convert_s:.1f} s", f"{rate:,.0f}", f"{cpu_s:.1f} s", f"{own_s:.1f} s",
           f"{own_rate:,.0f}", f"{peak_rss_mb:,.0f} MiB", f"{import_rss_mb:,.0f} MiB",
           f"{inter_mb:.0f} MiB"]], align="rrrrrrrrr")
-    lines += ["", f"Load average (1 min) when the converter started: {load_before:.1f} on "
-              f"{os.cpu_count()} cores.", "", "Converter summary:", "", "```", summary, "```"]
+    lines += ["", (f"Load average (1 min) when the converter started: {load_before:.1f} on "
+              f"{os.cpu_count()} cores."), "", "Converter summary:", "", "```", summary, "```"]
     harness.write_report(RESULTS, lines)
     print(f"wrote {RESULTS}")
 

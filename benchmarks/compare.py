@@ -138,9 +138,9 @@ def write_markdown(path, args, rows, runs, command):
         "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
         f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.")
     if args.time_budget:
-        lines += [f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
+        lines += [(f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
                   "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
-                  "extrapolated to the whole epoch in `s/epoch`.", ""]
+                  "extrapolated to the whole epoch in `s/epoch`."), ""]
     head = ["model", "params"] + [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS]
     head += ["s/epoch", "epochs", "wall to best valid (s)", "total wall (s)", "peak RSS (MB)"]
     cells = []
@@ -155,7 +155,7 @@ def write_markdown(path, args, rows, runs, command):
                         f"{row['wall_to_best'][0]:.0f}", f"{row['total_s'][0]:.0f}",
                         f"{row['peak_rss_mb']:.0f}"])
     lines += harness.table(head, cells)
-    if "SASRec" in rows and rows["SASRec"]:
+    if rows.get("SASRec"):
         target = statistics.fmean(r["best_valid_result"]["ndcg@10"] for r in runs
                                   if r["model"] == "SASRec" and not r.get("failed"))
         base = time_to_reach(runs, "SASRec", target)

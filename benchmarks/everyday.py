@@ -81,7 +81,7 @@ def point(model_name, dataset, length, data_path):
     """One measurement in this process, handed to ``run_point`` (``harness.emit``)."""
     import torch
 
-    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    _config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
     harness.reset_peak_rss()
     t0 = time.perf_counter()
     trainer._train_epoch(train, 0, show_progress=False)
@@ -111,10 +111,11 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
     import statistics
 
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    _config, model, _trainer, train, valid = _setup(model_name, dataset, length, data_path)
     batches = [b.to(model.device) for b, _ in zip(train, range(steps + 1))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -216,7 +217,10 @@ def write_markdown(entries, path, command):
         for e in rows:
             hydra = next((h for h in rows if h["model"] == "Hydra" and h["dataset"] == e["dataset"]
                           and h["length"] == e["length"]), None)
-            ratio = (lambda k: f"{hydra[k] / e[k]:.2f}x") if hydra else (lambda k: "")
+
+            def ratio(key, hydra=hydra, e=e):
+                return f"{hydra[key] / e[key]:.2f}x" if hydra else ""
+
             cells.append([e["dataset"], e["length"], e["model"], f"{e['params']:,}",
                           f"{e['train_epoch_s']:.1f}", f"{e['eval_s']:.1f}", f"{e['train_peak_mb']:.0f}",
                           f"{e['eval_peak_mb']:.0f}", ratio("train_epoch_s"), ratio("eval_s"),

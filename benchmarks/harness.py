@@ -5,9 +5,9 @@ Scripts are run as ``python benchmarks/<script>.py``, so this file is imported a
 
 - Fresh processes: ``run_fresh`` runs ``python <argv>`` in a new process and returns its result,
   the dict that the child passed to ``emit`` (its last ``emit`` line on stdout), with its exit
-  status, wall time and output. ``python benchmarks/harness.py -m MODULE ARGS...`` (or
-  ``-c CODE``) runs a module or code that is not a benchmark's own and emits its peak RSS and
-  CPU time when it ends.
+  status, wall time and output. ``python benchmarks/harness.py -m MODULE ARGS...`` runs a
+  module that is not a benchmark's own as ``python -m`` would (``--import MODULE``: only imports
+  it) and emits its peak RSS and CPU time when it ends.
 - Peak memory, one way: ``peak_rss_mb`` is the process's peak resident set size, the kernel's
   high-water mark ``VmHWM`` in ``/proc/self/status`` (what every "peak RSS" / "peak MB" in
   ``benchmarks/results`` means), and ``reset_peak_rss`` resets it (Linux >= 4.0) so that one
@@ -20,6 +20,8 @@ Scripts are run as ``python benchmarks/<script>.py``, so this file is imported a
   ``save_png`` (the figures).
 """
 
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -161,18 +163,15 @@ def run_fresh(argv, *, env=None, cwd=None, timeout=None, stderr_path=None, mem_l
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (mem_limit_bytes, mem_limit_bytes))
 
-    err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, *map(str, argv)], stdout=subprocess.PIPE, stderr=err,
-                              text=True, env=full_env, cwd=cwd, timeout=timeout,
-                              preexec_fn=limit if mem_limit_bytes else None)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return Fresh(None, -9, out, "", time.perf_counter() - t0, timed_out=True)
-    finally:
-        if stderr_path:
-            err.close()
+    with (open(stderr_path, "w") if stderr_path else contextlib.nullcontext(subprocess.PIPE)) as err:
+        try:
+            proc = subprocess.run([sys.executable, *map(str, argv)], stdout=subprocess.PIPE, stderr=err,
+                                  text=True, env=full_env, cwd=cwd, timeout=timeout, check=False,
+                                  preexec_fn=limit if mem_limit_bytes else None)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            return Fresh(None, -9, out, "", time.perf_counter() - t0, timed_out=True)
     wall_s = time.perf_counter() - t0
     result, kept = None, []
     for line in proc.stdout.splitlines():
@@ -185,20 +184,22 @@ def run_fresh(argv, *, env=None, cwd=None, timeout=None, stderr_path=None, mem_l
 
 
 def _run_foreign(argv):
-    """``-m MODULE ARGS...`` or ``-c CODE``: run it as ``python`` would, then ``emit`` this
-    process's peak RSS and CPU seconds (user + system)."""
+    """``-m MODULE ARGS...``: run the module as ``python -m`` would; ``--import MODULE``: import
+    it only. Then ``emit`` this process's peak RSS and CPU seconds (user + system)."""
     import runpy
 
-    if len(argv) < 2 or argv[0] not in ("-m", "-c"):
-        sys.exit("usage: python benchmarks/harness.py (-m MODULE [ARGS...] | -c CODE)")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if len(argv) < 2 or argv[0] not in ("-m", "--import") or (argv[0] == "--import" and len(argv) > 2):
+        sys.exit("usage: python benchmarks/harness.py (-m MODULE [ARGS...] | --import MODULE)")
     code = 0
     try:
         if argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
-            sys.argv = ["-c"]
-            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+            importlib.import_module(argv[1])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -142,13 +142,13 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
                          [[d, stats[d]["users"], stats[d]["items"], stats[d]["interactions"]] for d in domains])
     out += [
         "",
-        "**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
+        ("**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
         "one before = valid, users with fewer than 3 / 4 interactions in the domain give no test / "
         "valid target), full ranking over the target domain's items, Recall and NDCG at 10 and 200 "
         "(RecBole's definitions, history not masked), in percent. Single = one Hydra per domain on "
         "that domain's interactions; Multiple = one HydraMD on all (merged context 200, domain "
         "context 50, loss L_cross + sum_s L_single^s, prediction H^s + H^merged). Same valid/test "
-        "targets for both.",
+        "targets for both."),
         "",
         f"**Training.** Both: 2 Hydra layers x 4 heads, hidden {args.hidden_size}, d_state "
         f"{args.d_state}, domain windows of 50, InfoNCE with {args.num_negatives} negatives "
@@ -174,8 +174,8 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
     out += harness.table(["#Domains", "Method"] + [f"{d} {label}" for d in domains + ["mean"] for label in LABELS],
                          rows)
     total = sum(v[0] for v in timings.values())
-    out += ["", f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
-            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:", ""]
+    out += ["", (f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
+            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:"), ""]
     out += harness.table(["run", "CPU s", "training wall s", "parameters"],
                          [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", v[2]] for k, v in timings.items()])
     return out

@@ -17,10 +17,9 @@ import collections
 import traceback
 import warnings
 
-import torch
-
 import everyday  # benchmarks/everyday.py: same data set-up and objective
 import harness  # benchmarks/harness.py
+import torch
 
 
 def saved_by_line(model, batch):

@@ -39,7 +39,7 @@ LENGTHS = [64, 256, 1024, 4096, 16384]
 CHUNKS = [16, 32, 64, 128, 256]
 SWEEP_LENGTHS = [1024, 16384]
 DEFAULT_CHUNK = 64
-CONFIG = dict(n_heads=4, d_head=16, d_state=128, d_conv=4, expand=2)
+CONFIG = {"n_heads": 4, "d_head": 16, "d_state": 128, "d_conv": 4, "expand": 2}
 # glibc malloc settings that keep freed memory for reuse instead of returning it to the OS.
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 28)}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -158,8 +158,8 @@ def hardware():
     buf.fill_(2.0)
     t2 = time.perf_counter()
     del buf
-    return dict(machine=harness.machine(threads=torch.get_num_threads()), load=os.getloadavg(),
-                first_touch_ms_per_mib=(t1 - t0) / 256 * 1e3, rewrite_ms_per_mib=(t2 - t1) / 256 * 1e3)
+    return {"machine": harness.machine(threads=torch.get_num_threads()), "load": os.getloadavg(),
+                "first_touch_ms_per_mib": (t1 - t0) / 256 * 1e3, "rewrite_ms_per_mib": (t2 - t1) / 256 * 1e3}
 
 
 def _ok(r):
@@ -213,7 +213,7 @@ def report(results, hw_before, hw_after, command):
         f"Date: {time.strftime('%Y-%m-%d')}; load average (1 min) before / after the run: "
         f"{hw_before['load'][0]:.2f} / {hw_after['load'][0]:.2f}")
     out += [
-        f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
+        (f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
         "width 64: four Mamba-2 blocks of d_model 16 (d_inner 32, one SSD head of headdim 32, ngroups 1), "
         "PyTorch path, float32. Attention: QKV projection + `F.scaled_dot_product_attention(is_causal=True)` "
         "(4 heads x 16) + output projection, no bias. Forward + backward (loss: mean of squares; gradients "
@@ -221,17 +221,17 @@ def report(results, hw_before, hw_after, command):
         "peak memory: peak RSS of the process during its first forward + backward above its RSS before it "
         "(saved activations, temporaries and gradients); each point in a fresh process. "
         "GFLOP/s against the FLOP counts in the script's docstring (forward + backward = 3 x forward matmul "
-        "FLOPs; attention counted for the causal half only).",
+        "FLOPs; attention counted for the causal half only)."),
         "",
         "## Sequence length",
         "",
-        "ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
+        ("ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
         "threads) of one, less sensitive to other jobs; us/token and GFLOP/s from the median; the last "
-        "columns divide attention's time by the latent block's (median wall, CPU).",
+        "columns divide attention's time by the latent block's (median wall, CPU)."),
         "",
-        "| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
+        ("| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
         "| latent GFLOP/s | attention ms | attention CPU ms | attention us/token | attention peak MiB "
-        "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |",
+        "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for length in sorted(set(lat) | set(att)):
@@ -247,22 +247,22 @@ def report(results, hw_before, hw_after, command):
         )
     lat_fpt = latent_flops(1, 4096, DEFAULT_CHUNK, **CONFIG) / 4096
     att_fpt = attention_flops(1, 4096, CONFIG["n_heads"] * CONFIG["d_head"]) / 4096
-    out += ["", f"FLOPs per token (forward + backward, the docstring's counts): latent block "
+    out += ["", (f"FLOPs per token (forward + backward, the docstring's counts): latent block "
             f"{lat_fpt / 1e3:.0f}k at any length (d_state 128), attention {att_fpt / 1e3:.0f}k at length "
-            f"4096 ({att_fpt / lat_fpt:.1f}x the latent block's)."]
+            f"4096 ({att_fpt / lat_fpt:.1f}x the latent block's).")]
     if lat_t:
         env = " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
         out += [
             "",
             "## Same, with glibc malloc told to keep freed memory",
             "",
-            f"Environment of the latent runs: `{env}`; the attention columns are the default-malloc run "
+            (f"Environment of the latent runs: `{env}`; the attention columns are the default-malloc run "
             "above. Writing fresh memory (first touch, 256 MiB) took "
             f"{hw_before['first_touch_ms_per_mib']:.2f} ms per MiB, rewriting it "
-            f"{hw_before['rewrite_ms_per_mib']:.2f} ms per MiB (measured at the start of the run).",
+            f"{hw_before['rewrite_ms_per_mib']:.2f} ms per MiB (measured at the start of the run)."),
             "",
-            "| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
-            "| attention / latent (wall) | attention / latent (CPU) |",
+            ("| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
+            "| attention / latent (wall) | attention / latent (CPU) |"),
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for length in sorted(lat_t):
@@ -281,8 +281,8 @@ def report(results, hw_before, hw_after, command):
             "",
             "The same block with `d_state=32`.",
             "",
-            "| length | latent (d_state 32) ms | CPU ms | us/token | peak MiB | GFLOP/s "
-            "| attention / this (wall) | attention / this (CPU) |",
+            ("| length | latent (d_state 32) ms | CPU ms | us/token | peak MiB | GFLOP/s "
+            "| attention / this (wall) | attention / this (CPU) |"),
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for length in sorted(lat_s):
@@ -311,7 +311,7 @@ def report(results, hw_before, hw_after, command):
                 cells.append("" if r is None else _cell(r, lambda r: (
                     f"{_ms(r):.0f} ({_cpu_ms(r):.0f}, {r['peak_mib']:.0f}, {r['gflops']:.1f})"), "{}"))
             out.append(f"| {q} | " + " | ".join(cells) + " |")
-    return out, dict(lat=lat, att=att, lat_t=lat_t, lat_s=lat_s, sweep=sweep)
+    return out, {"lat": lat, "att": att, "lat_t": lat_t, "lat_s": lat_s, "sweep": sweep}
 
 
 def plot(path, lat, att, lat_t, lat_s, sweep):
@@ -356,17 +356,17 @@ def main():
     results = []
     for length in lengths:
         for kind in ("latent", "attention"):
-            results.append(measure(dict(series=kind, kind=kind, length=length, chunk_size=DEFAULT_CHUNK)))
+            results.append(measure({"series": kind, "kind": kind, "length": length, "chunk_size": DEFAULT_CHUNK}))
     for length in sweep_lengths:
         for q in chunks:
             if q != DEFAULT_CHUNK or length not in lengths:
-                results.append(measure(dict(series="sweep", kind="latent", length=length, chunk_size=q)))
+                results.append(measure({"series": "sweep", "kind": "latent", "length": length, "chunk_size": q}))
     for length in [l for l in lengths if l >= 1024] or lengths[-1:]:
-        results.append(measure(dict(series="latent_state32", kind="latent", length=length, chunk_size=DEFAULT_CHUNK,
-                                    d_state=32)))
+        results.append(measure({"series": "latent_state32", "kind": "latent", "length": length, "chunk_size": DEFAULT_CHUNK,
+                                    "d_state": 32}))
     if not args.no_tuned:  # attention allocates little: compared with its default-malloc times
         for length in lengths:
-            results.append(measure(dict(series="latent_tuned", kind="latent", length=length, chunk_size=DEFAULT_CHUNK),
+            results.append(measure({"series": "latent_tuned", "kind": "latent", "length": length, "chunk_size": DEFAULT_CHUNK},
                                    env_extra=TUNED_MALLOC))
     hw_after = hardware()
     lines, data = report(results, hw_before, hw_after, harness.command())

@@ -16,11 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
 import torch
 from recbole.config import Config
 from recbole.model.sequential_recommender.sasrec import SASRec
 
-import harness  # benchmarks/harness.py
 from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.serving import StreamingRecommender, _ItemCount
 
@@ -69,16 +69,16 @@ def main():
         for n in lengths:
             history = torch.randint(1, N_ITEMS, (n,))
             state = streamer.init_state(history)
-            update_ms = timed(lambda: streamer.topk(streamer.update(state, 5), 10), args.repeats)
+            update_ms = timed(lambda state=state: streamer.topk(streamer.update(state, 5), 10), args.repeats)
             t0 = time.perf_counter()
             streamer.init_state(history)
             init_ms = (time.perf_counter() - t0) * 1000
             seq, lens = history[None], torch.tensor([n])
             reps = max(3, args.repeats // (1 + n // 500))
-            hydra_full_ms = timed(lambda: hydra.full_sort_predict(
+            hydra_full_ms = timed(lambda seq=seq, lens=lens: hydra.full_sort_predict(
                 {hydra.ITEM_SEQ: seq, hydra.ITEM_SEQ_LEN: lens}).topk(10), reps)
             sasrec = sasrec_model(n)
-            sasrec_full_ms = timed(lambda: sasrec.full_sort_predict(
+            sasrec_full_ms = timed(lambda seq=seq, lens=lens, sasrec=sasrec: sasrec.full_sort_predict(
                 {sasrec.ITEM_SEQ: seq, sasrec.ITEM_SEQ_LEN: lens}).topk(10), reps)
             rows.append((n, update_ms, init_ms, hydra_full_ms, sasrec_full_ms))
             print(f"n={n}: update+top10 {update_ms:.2f} ms, init {init_ms:.1f} ms, "
