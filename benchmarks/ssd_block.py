@@ -1,6 +1,6 @@
 """CPU benchmark of the multi-head latent Mamba-2 block against causal self-attention.
 
-    python benchmarks/ssd_block.py            # everything, ~5-10 min on 2 cores; writes
+    python benchmarks/ssd_block.py            # everything; writes
                                               # benchmarks/results/ssd_block.{md,png}
     python benchmarks/ssd_block.py --quick    # a smoke run (small sizes), prints the tables only
 
