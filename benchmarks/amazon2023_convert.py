@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Throughput and peak memory of the Amazon Reviews 2023 converter on a synthetic ratings CSV.
 
     python benchmarks/amazon2023_convert.py                  # 5M rows, writes the results file
@@ -7,31 +6,28 @@
 Generates ``Books.csv`` in the published rating-only layout (``user_id,parent_asin,rating,
 timestamp``, 28-character user ids, 10-character ASINs, millisecond timestamps, rows in random
 order, 1% repeated) with Zipf-like user activity and item popularity, then runs
-``python -m recbole_hydra.data.amazon2023`` on it as a child process and reports rows/s, the
-child's CPU time and its peak RSS (``ru_maxrss`` from ``os.wait4``, which is
-``getrusage(RUSAGE_CHILDREN)`` for that one child). The RSS of a child that only imports the
-module is reported beside it: importing ``recbole_hydra`` loads torch and RecBole.
+``python -m recbole_hydra.data.amazon2023`` on it in a fresh process (through
+``benchmarks/harness.py -m``) and reports rows/s, that process's CPU time and its peak RSS
+(``harness.peak_rss_mb``: its own, not this script's). The peak RSS of a process that only imports
+the module is reported beside it: importing ``recbole_hydra`` loads torch and RecBole.
 """
 
 import argparse
-import json
 import os
 import re
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from hardware import cpu_name  # benchmarks/hardware.py
-
+import harness  # benchmarks/harness.py
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parent.parent
+HARNESS = Path(harness.__file__).resolve()
 RESULTS = ROOT / "benchmarks" / "results" / "amazon2023_convert.md"
 ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8)
 
@@ -78,21 +74,14 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict:
     return {"users": n_users, "items": n_items}
 
 
-def run_child(command, work: Path) -> dict:
-    """Run ``command``; its wall time, CPU time and peak RSS from ``wait4`` (that child and the
-    children it waited for, as ``getrusage(RUSAGE_CHILDREN)`` would count them, but no other)."""
-    with open(work / "stdout", "w+") as out, open(work / "stderr", "w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall_s = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{stderr}")
-    return {"wall_s": wall_s, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "max_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+def run_child(argv) -> dict:
+    """``python benchmarks/harness.py <argv>`` (``-m MODULE ...`` or ``--import MODULE``) in a fresh
+    process: its wall time, CPU time, peak RSS and stdout."""
+    done = harness.run_fresh([HARNESS, *argv], cwd=ROOT)
+    if not done.ok:
+        sys.exit(f"{' '.join(map(str, argv))} failed:\n{done.stderr}")
+    return {"wall_s": done.wall_s, "cpu_s": done.result["cpu_s"],
+            "max_rss_mb": done.result["peak_rss_mb"], "stdout": done.stdout}
 
 
 def main(argv=None):
@@ -101,32 +90,23 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--workdir", default=None, help="where to put the CSV (default: a temp dir)")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
-    parser.add_argument("--generate", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.generate:  # the child that writes the CSV (see below)
-        print(json.dumps(generate(Path(args.generate), args.rows)))
-        return
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="amazon2023-bench-"))
     raw, out = work / "raw", work / "out"
     raw.mkdir(parents=True, exist_ok=True)
     try:
-        # Generated in a child process: Linux carries a parent's peak RSS over fork and exec into
-        # the child's ru_maxrss, so this process must stay small for the converter's to be its own.
         t0 = time.perf_counter()
-        made = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--generate",
-                               str(raw / "Books.csv")], capture_output=True, text=True, check=True)
-        shape = json.loads(made.stdout.strip().splitlines()[-1])
+        shape = generate(raw / "Books.csv", args.rows)
         generate_s = time.perf_counter() - t0
         size_mb = (raw / "Books.csv").stat().st_size / 2**20
         print(f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {generate_s:.1f} s", flush=True)
 
-        import_rss_mb = run_child([sys.executable, "-c", "import recbole_hydra.data.amazon2023"],
-                                  work)["max_rss_mb"]
-        command = [sys.executable, "-m", "recbole_hydra.data.amazon2023", "--category", "Books",
-                   "--raw", str(raw), "--out", str(out), "--quiet"]
+        import_rss_mb = run_child(["--import", "recbole_hydra.data.amazon2023"])["max_rss_mb"]
+        command = ["-m", "recbole_hydra.data.amazon2023", "--category", "Books",
+                   "--raw", raw, "--out", out, "--quiet"]
         load_before = os.getloadavg()[0]
-        child = run_child(command, work)
+        child = run_child(command)
         summary = child["stdout"].strip()
         inter_mb = (out / "amazon-books" / "amazon-books.inter").stat().st_size / 2**20
     finally:
@@ -143,51 +123,34 @@ def main(argv=None):
           f"alone {import_rss_mb:,.0f} MiB); load average before {load_before:.1f}")
     if args.no_write:
         return
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(f"""# Amazon Reviews 2023 converter: throughput and memory
-
-Command (from the repository root):
-
-    python benchmarks/amazon2023_convert.py --rows {args.rows}
-
-Machine: {cpu_name()}, {os.cpu_count()} cores (shared with other jobs while measuring), Python
-{platform.python_version()}, pyarrow {pa.__version__}, numpy {np.__version__}.
-
-Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published layout,
-{args.rows:,} rows in random order, {shape['users']:,} possible users (28-character ids, activity
-~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, popularity ~ rank^-0.9),
-millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact repeats of another's user, item and
-timestamp. It was generated in {generate_s:.1f} s (not counted).
-
-The converter ran as a child process (`python -m recbole_hydra.data.amazon2023 --category Books
---raw RAW --out OUT --quiet`), whole run timed; its CPU time and peak RSS come from `wait4` on that
-child (the per-child form of `getrusage(RUSAGE_CHILDREN)`; the CSV is generated by another child
-so that neither the generator's memory nor this script's is counted):
-
-| rows | child process | rows/s | its CPU time | conversion alone | rows/s | peak RSS | RSS of the import alone | .inter written |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| {args.rows:,} | {convert_s:.1f} s | {rate:,.0f} | {cpu_s:.1f} s | {own_s:.1f} s | {own_rate:,.0f} | {peak_rss_mb:,.0f} MiB | {import_rss_mb:,.0f} MiB | {inter_mb:.0f} MiB |
-
-Load average (1 min) when the converter started: {load_before:.1f} on {os.cpu_count()} cores;
-wall times above that load are stretched by the other jobs, the CPU time much less so.
-
-"Child process" is the whole command, including Python start-up and the imports
-(`recbole_hydra` imports torch and RecBole, several seconds); "conversion alone" is the time the
-converter reports for itself (reading, filtering, writing). The import alone accounts for the
-RSS in its column; the rest is the converter's working set: the unique id strings once (Arrow),
-about 20 bytes a row (int32 user and item codes, float32 rating, int64 timestamp), their sorting
-and filtering temporaries, and memory Arrow's allocator (mimalloc) keeps after parsing: measured
-in-process on a file like this one, Arrow's own allocations peak at about 365 MiB while the id
-dictionaries are merged, and one 32 MiB block parse leaves about 120 MiB of RSS behind that
-later blocks reuse. The row order here (random) is the worst case for the id dictionaries; the
-published CSVs list each user's rows together, so far fewer user ids repeat across blocks.
-
-Converter summary:
-
-```
-{summary}
-```
-""")
+    lines = harness.header(
+        "Amazon Reviews 2023 converter: throughput and memory", harness.command(),
+        harness.machine(pyarrow=pa.__version__, numpy=np.__version__))
+    lines += [
+        (f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
+        f"layout, {args.rows:,} rows in random order, {shape['users']:,} possible users (28-character "
+        f"ids, activity ~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, "
+        "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact "
+        f"repeats of another's user, item and timestamp. It was generated in {generate_s:.1f} s (not "
+        "counted)."),
+        "",
+        ("The converter ran in a fresh process (`python benchmarks/harness.py -m "
+        "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), whole run "
+        "timed; its CPU time and peak RSS are that process's own (`harness.peak_rss_mb`, `VmHWM`). "
+        "\"Child process\" is the whole command, Python start-up and imports included; \"conversion "
+        "alone\" is the time the converter reports for itself (reading, filtering, writing); the "
+        "import alone is a process that only imports the converter's module."),
+        "",
+    ]
+    lines += harness.table(
+        ["rows", "child process", "rows/s", "its CPU time", "conversion alone", "rows/s", "peak RSS",
+         "RSS of the import alone", ".inter written"],
+        [[f"{args.rows:,}", f"{convert_s:.1f} s", f"{rate:,.0f}", f"{cpu_s:.1f} s", f"{own_s:.1f} s",
+          f"{own_rate:,.0f}", f"{peak_rss_mb:,.0f} MiB", f"{import_rss_mb:,.0f} MiB",
+          f"{inter_mb:.0f} MiB"]], align="rrrrrrrrr")
+    lines += ["", (f"Load average (1 min) when the converter started: {load_before:.1f} on "
+              f"{os.cpu_count()} cores."), "", "Converter summary:", "", "```", summary, "```"]
+    harness.write_report(RESULTS, lines)
     print(f"wrote {RESULTS}")
 
 

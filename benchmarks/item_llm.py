@@ -22,12 +22,14 @@ rest.
 import argparse
 import ast
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from recbole_hydra import compat
+from recbole_hydra.quick_start import run
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -38,9 +40,6 @@ VARIANTS = {
 
 
 def train(args):
-    sys.path.insert(0, str(REPO))
-    from recbole_hydra.quick_start import run
-
     config = {"show_progress": False, "seed": args.seed, "time_budget_s": args.time_budget,
               **VARIANTS[args.variant]}
     for item in args.set:
@@ -85,9 +84,6 @@ def train_counts(dataset):
 
 @torch.no_grad()
 def cold(args):
-    sys.path.insert(0, str(REPO))
-    from recbole_hydra import compat
-
     rows = []
     for model_file in args.checkpoints:
         config, model, dataset, _, _, test_data = compat.load_data_and_model(model_file)

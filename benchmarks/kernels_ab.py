@@ -14,9 +14,8 @@ import statistics
 import time
 import warnings
 
-import torch
-
 import everyday  # benchmarks/everyday.py: same data set-up and objective
+import torch
 
 
 def main():
@@ -49,11 +48,11 @@ def main():
         use_kernels(flag)
         step(batches[0])
     for batch in batches[1:]:
-        for flag in times:
+        for flag, measured in times.items():
             use_kernels(flag)
             t0 = time.perf_counter()
             step(batch)
-            times[flag].append(time.perf_counter() - t0)
+            measured.append(time.perf_counter() - t0)
     print(f"{args.dataset} L={args.length} train step ms: kernels {statistics.median(times[True]) * 1e3:.1f}, "
           f"PyTorch ops {statistics.median(times[False]) * 1e3:.1f}")
     model.eval()

@@ -18,17 +18,14 @@ heads), the same epochs, optimiser and schedule; the best epoch on the valid spl
 
 import argparse
 import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from hardware import cpu_name  # benchmarks/hardware.py
+import harness  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 METRICS = ("recall@10", "recall@200", "ndcg@10", "ndcg@200")
 LABELS = ("R@10", "R@200", "N@10", "N@200")
@@ -117,9 +114,8 @@ def main(argv=None):
         print(domain_table(res["test_result"]), flush=True)
 
     report = render(args, argv, domains, stats, n_rows, results, timings, ML1M_GENRE_GROUPS)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report, encoding="utf-8")
-    print(report)
+    harness.write_report(args.out, report)
+    print("\n".join(report))
     print(f"written to {args.out}")
 
 
@@ -127,49 +123,32 @@ def _train_s(result):
     return sum(h["train_s"] for h in result["history"])
 
 
-CAVEATS = (
-    "**Reading it.** Equal epochs are not equal work: in an epoch HydraMD predicts every training "
-    "interaction twice (once in the merged windows, once in its domain's windows) and its shared "
-    "layers get every domain's gradient at every step, so at this small budget (both far from "
-    "converged) part of its lead may be more training, not only transfer across domains. The "
-    "genre domains share nearly all their users, and ml-1m users rate many movies of all genres in "
-    "one sitting, which may favour the merged context more than Amazon categories would. The per-domain models are not tuned "
-    "separately. Compare the direction with Table 5 (gains largest in the small domain), not the "
-    "size."
-)
-
-
 def render(args, argv, domains, stats, n_rows, results, timings, groups):
-    import torch
-
+    """The results file's lines."""
     mean = {k: {m: sum(results[k][d][m] for d in domains) / len(domains) for m in METRICS} for k in results}
-    cmd = "python benchmarks/multidomain.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = [
-        "# Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m",
-        "",
-        f"Command: `OMP_NUM_THREADS=1 {cmd.strip()}`  ",
-        f"Hardware: {cpu_name()}, one thread (`torch.set_num_threads(1)`), shared with other jobs; "
-        f"torch {torch.__version__}, Python {platform.python_version()}.",
-        "",
+    cmd = harness.command(None if argv is None else [__file__, *argv])
+    out = harness.header("Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m",
+                         f"OMP_NUM_THREADS=1 {cmd}",
+                         harness.machine(threads="one thread (`torch.set_num_threads(1)`)"))
+    out += [
         "**Data: a proxy, not the paper's domains.** ml-1m split into four domains by each movie's "
         "first listed genre (`python -m recbole_hydra.data.fetch ml-1m-domains`: "
         + "; ".join(f"{g}: {', '.join(v)}" for g, v in groups.items())
         + f"). {args.users} users drawn at random (seed {args.seed}), all their ratings: "
         f"{n_rows} interactions.",
         "",
-        "| domain | users | items | interactions |",
-        "|---|---|---|---|",
     ]
-    out += [f"| {d} | {stats[d]['users']} | {stats[d]['items']} | {stats[d]['interactions']} |" for d in domains]
+    out += harness.table(["domain", "users", "items", "interactions"],
+                         [[d, stats[d]["users"], stats[d]["items"], stats[d]["interactions"]] for d in domains])
     out += [
         "",
-        "**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
+        ("**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
         "one before = valid, users with fewer than 3 / 4 interactions in the domain give no test / "
         "valid target), full ranking over the target domain's items, Recall and NDCG at 10 and 200 "
         "(RecBole's definitions, history not masked), in percent. Single = one Hydra per domain on "
         "that domain's interactions; Multiple = one HydraMD on all (merged context 200, domain "
         "context 50, loss L_cross + sum_s L_single^s, prediction H^s + H^merged). Same valid/test "
-        "targets for both.",
+        "targets for both."),
         "",
         f"**Training.** Both: 2 Hydra layers x 4 heads, hidden {args.hidden_size}, d_state "
         f"{args.d_state}, domain windows of 50, InfoNCE with {args.num_negatives} negatives "
@@ -177,31 +156,29 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
         f"cosine decay, {args.epochs} epochs, batch {args.batch_size} rows, "
         + (f"validated every {args.eval_step} epochs, the epoch with the best valid NDCG@10 "
            "(HydraMD: mean over domains) is tested." if args.eval_step and args.eval_step < args.epochs
-           else "validated once after the last epoch, which is tested.") + " One seed: differences of a few "
-        "tenths of a point are within run-to-run noise at this size.",
+           else "validated once after the last epoch, which is tested.") + " One seed.",
         "",
     ]
-    header = "| #Domains | Method | " + " | ".join(f"{d} {label}" for d in domains + ["mean"] for label in LABELS) + " |"
-    out += [header, "|---|---|" + "---|" * (len(LABELS) * (len(domains) + 1))]
+    rows = []
     for key, label, method in (("single", "Single", "Hydra + Embedding Layer"),
                                ("multiple", "Multiple", "HydraMD + Embedding Layer")):
-        cells = [f"{100 * results[key][d][m]:.2f}" for d in domains for m in METRICS]
-        cells += [f"{100 * mean[key][m]:.2f}" for m in METRICS]
-        out.append(f"| {label} | {method} | " + " | ".join(cells) + " |")
-    cells = []
+        rows.append([label, method] + [f"{100 * results[key][d][m]:.2f}" for d in domains for m in METRICS]
+                    + [f"{100 * mean[key][m]:.2f}" for m in METRICS])
+    gains = []
     for d in domains + ["mean"]:
         for m in METRICS:
             s = mean["single"][m] if d == "mean" else results["single"][d][m]
             x = mean["multiple"][m] if d == "mean" else results["multiple"][d][m]
-            cells.append(f"{100 * (x - s) / s:+.0f}%" if s > 0 else "n/a")
-    out.append("| | Multiple vs Single | " + " | ".join(cells) + " |")
-    out += ["", CAVEATS]
+            gains.append(f"{100 * (x - s) / s:+.0f}%" if s > 0 else "n/a")
+    rows.append(["", "Multiple vs Single"] + gains)
+    out += harness.table(["#Domains", "Method"] + [f"{d} {label}" for d in domains + ["mean"] for label in LABELS],
+                         rows)
     total = sum(v[0] for v in timings.values())
-    out += ["", f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
-            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:", "",
-            "| run | CPU s | training wall s | parameters |", "|---|---|---|---|"]
-    out += [f"| {k} | {v[0]:.0f} | {v[1]:.0f} | {v[2]} |" for k, v in timings.items()]
-    return "\n".join(out) + "\n"
+    out += ["", (f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
+            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:"), ""]
+    out += harness.table(["run", "CPU s", "training wall s", "parameters"],
+                         [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", v[2]] for k, v in timings.items()])
+    return out
 
 
 if __name__ == "__main__":

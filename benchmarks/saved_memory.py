@@ -14,14 +14,12 @@ backward's transient gradients). Writes benchmarks/results/saved-memory-<dataset
 
 import argparse
 import collections
-import platform
 import traceback
 import warnings
 
-import torch
-
 import everyday  # benchmarks/everyday.py: same data set-up and objective
-from hardware import cpu_name
+import harness  # benchmarks/harness.py
+import torch
 
 
 def saved_by_line(model, batch):
@@ -65,21 +63,22 @@ def main():
         by_line = saved_by_line(model, batch)
         total = sum(by_line.values()) / 2**20
         tokens = batch[model.ITEM_SEQ].numel()
-        totals.append(f"| {name} | {tokens:,} | {total:.1f} | {total * 2**20 / tokens / 1024:.1f} |")
-        sections += [f"## {name}", "", "| MB | kept by |", "|---:|---|"]
-        sections += [f"| {b / 2**20:.1f} | {line} |" for line, b in by_line.most_common(args.rows)]
+        totals.append([name, f"{tokens:,}", f"{total:.1f}", f"{total * 2**20 / tokens / 1024:.1f}"])
+        sections += [f"## {name}", ""]
+        sections += harness.table(["MB", "kept by"], [[f"{b / 2**20:.1f}", line] for line, b in
+                                                      by_line.most_common(args.rows)], align="rl")
         sections.append("")
         print(f"{name}: {total:.1f} MB kept for backward", flush=True)
     out = everyday.RESULTS / f"saved-memory-{args.dataset}-{args.length}.md"
-    out.write_text("\n".join([
-        f"# Kept for backward: {args.dataset}, length {args.length}, one training batch", "",
-        f"Command: `python benchmarks/saved_memory.py --dataset {args.dataset} --length {args.length} "
-        f"--models {args.models}`  ",
-        f"Hardware: {cpu_name()}; Python {platform.python_version()}, torch {torch.__version__}  ",
-        "Storages autograd keeps between forward and backward (each once; parameters excluded), "
-        "by the source line that first kept them (see the script's docstring).", "",
-        "| model | batch tokens (padded) | MB kept | KB per token |", "|---|---:|---:|---:|", *totals, "",
-        *sections]))
+    harness.write_report(out, [
+        *harness.header(
+            f"Kept for backward: {args.dataset}, length {args.length}, one training batch",
+            harness.command(), harness.machine(),
+            "Storages autograd keeps between forward and backward (each once; parameters excluded), "
+            "by the source line that first kept them (see the script's docstring)."),
+        *harness.table(["model", "batch tokens (padded)", "MB kept", "KB per token"], totals,
+                       align="lrrr"), "",
+        *sections])
     print(f"wrote {out}")
 
 

@@ -16,25 +16,20 @@ rerun a few), ``scaling.md`` and ``scaling.png`` (log-log), both over all points
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
-from hardware import cpu_name  # benchmarks/hardware.py
+import harness  # benchmarks/harness.py
 
 REPO = Path(__file__).resolve().parent.parent
 N_ITEMS = 3706  # ml-1m
 
 
 def point(model_name, length, tokens, repeats):
-    """One measurement in this process; prints a JSON line."""
+    """One measurement in this process, handed to ``run_point`` (``harness.emit``)."""
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(REPO))
     import torch
     from recbole.config import Config
     from recbole.data.interaction import Interaction
@@ -68,28 +63,24 @@ def point(model_name, length, tokens, repeats):
         t0 = time.perf_counter()
         step()
         measured.append(time.perf_counter() - t0)
-    print(json.dumps({"step_s": statistics.median(measured), "batch": batch,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "params": sum(p.numel() for p in model.parameters())}))
+    harness.emit({"step_s": statistics.median(measured), "batch": batch,
+                  "peak_rss_mb": harness.peak_rss_mb(),
+                  "params": sum(p.numel() for p in model.parameters())})
 
 
 def run_point(model, length, args):
-    def limit():
-        cap = int(args.mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    cmd = [sys.executable, __file__, "--point", model, str(length), str(args.tokens), str(args.repeats)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                              preexec_fn=limit, env=env)
-    except subprocess.TimeoutExpired:
+    done = harness.run_fresh(
+        [Path(__file__).resolve(), "--point", model, length, args.tokens, args.repeats],
+        env={"OMP_NUM_THREADS": args.threads} if args.threads else None, timeout=args.timeout,
+        mem_limit_bytes=int(args.mem_gb * 2**30))
+    if done.timed_out:
         return {"status": f"out of time (> {args.timeout} s)"}
-    if proc.returncode != 0:
-        memory = "memory" in proc.stderr.lower() or "alloc" in proc.stderr.lower() or proc.returncode < 0
-        return {"status": f"out of memory (> {args.mem_gb} GB)" if memory else
-                f"failed: {proc.stderr.strip().splitlines()[-1][:120] if proc.stderr.strip() else proc.returncode}"}
-    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    if not done.ok:
+        err = done.stderr.lower()
+        if "memory" in err or "alloc" in err or done.returncode < 0:
+            return {"status": f"out of memory (> {args.mem_gb} GB)"}
+        return {"status": f"failed: {done.error()[:120]}"}
+    return {"status": "ok", **done.result}
 
 
 def main():
@@ -125,8 +116,6 @@ def main():
             shown = (f"{r['step_s'] * 1000:.0f} ms/step, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok"
                      else r["status"])
             print(f"{model} L={length}: {shown}", flush=True)
-    import torch
-
     # Merge with the points of earlier runs (``--models``/``--lengths`` rerun only some points).
     points = {(e["model"], e["length"]): e for e in earlier}
     for (model, length), r in results.items():
@@ -137,26 +126,18 @@ def main():
     models = list(dict.fromkeys([m for m, _ in points] + models))
     lengths = sorted({n for _, n in points})
     results = {(m, n): points.get((m, n), {"status": "not run"}) for m in models for n in lengths}
-    md = ["# Scaling: training step against sequence length", "",
-          f"Command: `python benchmarks/scaling.py {' '.join(sys.argv[1:])}`  ",
-          f"Hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"OMP_NUM_THREADS={args.threads or 'default'}  ",
-          f"{args.tokens} tokens per step (batch = tokens / length), {N_ITEMS} items, each model's "
-          "default yaml and objective; forward + backward + AdamW step, median of "
-          f"{args.repeats}; peak RSS of the whole process (includes ~0.5 GB of imports).", "",
-          "| model | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-    for model in models:
-        cells = []
-        for n in lengths:
-            r = results[(model, n)]
-            cells.append(f"{r['step_s'] * 1000:.0f} ms, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok" else r["status"])
-        md.append(f"| {model} | " + " | ".join(cells) + " |")
-    (out / "scaling.md").write_text("\n".join(md) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    cells = [[model] + [f"{r['step_s'] * 1000:.0f} ms, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok"
+                        else r["status"] for r in (results[(model, n)] for n in lengths)]
+             for model in models]
+    md = harness.header(
+        "Scaling: training step against sequence length", harness.command(),
+        harness.machine(threads=f"OMP_NUM_THREADS={args.threads or 'default'}"),
+        f"{args.tokens} tokens per step (batch = tokens / length), {N_ITEMS} items, each model's "
+        "default yaml and objective; forward + backward + AdamW step, median of "
+        f"{args.repeats}; peak RSS of the whole process (the imports included).")
+    md += harness.table(["model"] + [f"L={n}" for n in lengths], cells)
+    harness.write_report(out / "scaling.md", md)
+    plt = harness.pyplot()
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     for model in models:
         ok = [(n, results[(model, n)]) for n in lengths if results[(model, n)]["status"] == "ok"]
@@ -164,14 +145,8 @@ def main():
             ax_t.plot([n for n, _ in ok], [r["step_s"] * 1000 for _, r in ok], marker="o", label=model)
             ax_m.plot([n for n, _ in ok], [r["peak_rss_mb"] for _, r in ok], marker="o", label=model)
     for ax, label in ((ax_t, "training step (ms)"), (ax_m, "peak RSS (MB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel(f"sequence length ({args.tokens} tokens per step)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=120)
+        harness.log_log(ax, f"sequence length ({args.tokens} tokens per step)", label, xbase=2)
+    harness.save_png(fig, out / "scaling.png", dpi=120)
     print((out / "scaling.md").read_text())
 
 

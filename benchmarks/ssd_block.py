@@ -1,14 +1,13 @@
 """CPU benchmark of the multi-head latent Mamba-2 block against causal self-attention.
 
-    python benchmarks/ssd_block.py            # everything, ~5-10 min on 2 cores; writes
+    python benchmarks/ssd_block.py            # everything; writes
                                               # benchmarks/results/ssd_block.{md,png}
     python benchmarks/ssd_block.py --quick    # a smoke run (small sizes), prints the tables only
 
-Every measured point runs in a fresh subprocess: after a warm-up pass, time is the median (and
-the minimum) over repeated forward+backward passes; peak memory is the high-water mark of the
-bytes PyTorch's CPU allocator holds during one more forward+backward, relative to before it
-(from ``torch.profiler``'s memory events, so it counts activations saved for backward,
-temporaries and gradients, and is independent of what malloc keeps or returns).
+Every measured point runs in a fresh subprocess: time is the median (and the minimum) over
+repeated forward+backward passes after a warm-up pass; peak memory is the process's peak RSS
+during that first (warm-up) forward+backward above its RSS just before it (``harness.peak_rss_mb``:
+activations saved for backward, temporaries and gradients as far as malloc got them from the OS).
 
 Models (width 64, float32, training mode, gradients w.r.t. the input and all parameters):
 - latent: ``MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2)``, i.e. four
@@ -30,22 +29,18 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 
-from hardware import cpu_name  # benchmarks/hardware.py
+import harness  # benchmarks/harness.py
 
 TOKENS = 16384  # tokens per step: batch = TOKENS // length
 LENGTHS = [64, 256, 1024, 4096, 16384]
 CHUNKS = [16, 32, 64, 128, 256]
 SWEEP_LENGTHS = [1024, 16384]
 DEFAULT_CHUNK = 64
-CONFIG = dict(n_heads=4, d_head=16, d_state=128, d_conv=4, expand=2)
-# glibc malloc returns every block over 32 MiB to the OS on free, so each new large tensor is
-# page-faulted in again; these settings keep freed memory for reuse (see the results page).
+CONFIG = {"n_heads": 4, "d_head": 16, "d_state": 128, "d_conv": 4, "expand": 2}
+# glibc malloc settings that keep freed memory for reuse instead of returning it to the OS.
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 28)}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,9 +72,9 @@ def build(kind, chunk_size, config):
     import torch.nn.functional as F
     from torch import nn
 
-    if kind == "latent":
-        from recbole_hydra.layers.mamba2 import MultiHeadLatentMamba2
+    from recbole_hydra.layers.mamba2 import MultiHeadLatentMamba2
 
+    if kind == "latent":
         return MultiHeadLatentMamba2(**config, chunk_size=chunk_size, use_kernels=False)
 
     class CausalSelfAttention(nn.Module):
@@ -113,9 +108,12 @@ def run_point(point):
         model(u).square().mean().backward()
 
     u = torch.randn(batch, length, d_model, requires_grad=True)
+    harness.reset_peak_rss()
+    before_mb = harness.rss_mb()
     t0 = time.perf_counter()
-    fwd_bwd(u)  # warm-up
+    fwd_bwd(u)  # warm-up, and the peak memory
     first = time.perf_counter() - t0
+    peak_mib = harness.peak_rss_mb() - before_mb
     times, cpu_times = [], []
     budget = point.get("budget_s", 2.0)
     while len(times) < 3 or (sum(times) < budget and len(times) < 10):
@@ -127,52 +125,29 @@ def run_point(point):
         cpu_times.append(time.process_time() - c0)
         if first > 4 * budget:  # very slow point: three repetitions are enough
             break
-    model.zero_grad(set_to_none=True)
-    u.grad = None
-    peak = peak_allocated_bytes(lambda: fwd_bwd(u))
     flops = latent_flops(batch, length, chunk_size, **config) if kind == "latent" else attention_flops(batch, length, d_model)
     seconds = statistics.median(times)
     return dict(point, batch=batch, tokens=batch * length, seconds=seconds, min_seconds=min(times), reps=len(times),
                 cpu_seconds=min(cpu_times),
-                peak_mib=peak / 2**20, gflops=flops / seconds / 1e9)
-
-
-def peak_allocated_bytes(fn):
-    """Most bytes held by PyTorch's CPU allocator while ``fn`` runs, above what it held before."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    held = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        held += e.nbytes()
-        peak = max(peak, held)
-    return peak
+                peak_mib=peak_mib, gflops=flops / seconds / 1e9)
 
 
 def measure(point, env_extra=None, timeout=300):
-    env = dict(os.environ, **(env_extra or {}))
-    cmd = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(point)]
-    try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    done = harness.run_fresh([os.path.abspath(__file__), "--point", json.dumps(point)], env=env_extra,
+                             timeout=timeout)
+    if done.timed_out:
         return dict(point, error=f"timeout after {timeout} s")
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    if out.returncode != 0 or not lines:
-        return dict(point, error=(out.stderr.strip().splitlines() or ["failed"])[-1])
-    result = json.loads(lines[-1])
-    print(json.dumps(result), flush=True)
-    return result
+    if not done.ok:
+        return dict(point, error=done.error())
+    print(json.dumps(done.result), flush=True)
+    return done.result
 
 
 # ---- the report --------------------------------------------------------------------------------
 
 
 def hardware():
-    model = cpu_name()
+    """The machine, its load now, and what first-touching fresh memory costs on it."""
     import torch
 
     # cost of first-touching fresh memory (page faults) vs writing memory already mapped
@@ -183,9 +158,8 @@ def hardware():
     buf.fill_(2.0)
     t2 = time.perf_counter()
     del buf
-    return dict(cpu=model, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
-                python=platform.python_version(), load=os.getloadavg(),
-                first_touch_ms_per_mib=(t1 - t0) / 256 * 1e3, rewrite_ms_per_mib=(t2 - t1) / 256 * 1e3)
+    return {"machine": harness.machine(threads=torch.get_num_threads()), "load": os.getloadavg(),
+                "first_touch_ms_per_mib": (t1 - t0) / 256 * 1e3, "rewrite_ms_per_mib": (t2 - t1) / 256 * 1e3}
 
 
 def _ok(r):
@@ -234,35 +208,30 @@ def report(results, hw_before, hw_after, command):
         if length in lat:
             sweep.setdefault((length, DEFAULT_CHUNK), lat[length])
 
-    out = [
-        "# Multi-head latent Mamba-2 block vs causal self-attention on CPU",
-        "",
-        f"Command: `{command}` (repository root, venv active), {time.strftime('%Y-%m-%d')}.",
-        "",
-        f"Hardware: `lscpu | grep 'Model name'`: {hw_before['cpu']}; {hw_before['cores']} cores; "
-        f"torch {hw_before['torch']} ({hw_before['threads']} threads); Python {hw_before['python']}. "
-        f"Load average (1 min) before / after the run: {hw_before['load'][0]:.2f} / {hw_after['load'][0]:.2f} "
-        "(the machine is shared with other jobs, which inflate times).",
-        "",
-        f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
+    out = harness.header(
+        "Multi-head latent Mamba-2 block vs causal self-attention on CPU", command, hw_before["machine"],
+        f"Date: {time.strftime('%Y-%m-%d')}; load average (1 min) before / after the run: "
+        f"{hw_before['load'][0]:.2f} / {hw_after['load'][0]:.2f}")
+    out += [
+        (f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
         "width 64: four Mamba-2 blocks of d_model 16 (d_inner 32, one SSD head of headdim 32, ngroups 1), "
         "PyTorch path, float32. Attention: QKV projection + `F.scaled_dot_product_attention(is_causal=True)` "
         "(4 heads x 16) + output projection, no bias. Forward + backward (loss: mean of squares; gradients "
         f"for the input and all parameters), batch = {TOKENS} tokens / length. Time: median over repetitions; "
-        "peak memory: high-water mark of PyTorch's CPU allocations during one forward + backward "
-        "(torch.profiler memory events; saved activations, temporaries and gradients); each point in a fresh process. "
+        "peak memory: peak RSS of the process during its first forward + backward above its RSS before it "
+        "(saved activations, temporaries and gradients); each point in a fresh process. "
         "GFLOP/s against the FLOP counts in the script's docstring (forward + backward = 3 x forward matmul "
-        "FLOPs; attention counted for the causal half only).",
+        "FLOPs; attention counted for the causal half only)."),
         "",
         "## Sequence length",
         "",
-        "ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
+        ("ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
         "threads) of one, less sensitive to other jobs; us/token and GFLOP/s from the median; the last "
-        "columns divide attention's time by the latent block's (median wall, CPU).",
+        "columns divide attention's time by the latent block's (median wall, CPU)."),
         "",
-        "| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
+        ("| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
         "| latent GFLOP/s | attention ms | attention CPU ms | attention us/token | attention peak MiB "
-        "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |",
+        "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for length in sorted(set(lat) | set(att)):
@@ -278,36 +247,22 @@ def report(results, hw_before, hw_after, command):
         )
     lat_fpt = latent_flops(1, 4096, DEFAULT_CHUNK, **CONFIG) / 4096
     att_fpt = attention_flops(1, 4096, CONFIG["n_heads"] * CONFIG["d_head"]) / 4096
-    notes = [
-        "",
-        "Reading the numbers: the latent block's time and memory per token do not depend on the length "
-        "(the chunked scan is linear in it), attention's time per token grows linearly with it. By the "
-        f"FLOP counts above the latent block needs {lat_fpt / 1e3:.0f}k FLOPs per token (forward + backward, "
-        f"d_state 128, any length) and attention {att_fpt / 1e3:.0f}k per token at length 4096, so even at equal "
-        f"efficiency the block could be only ~{att_fpt / lat_fpt:.1f}x faster there; a 10x lead at 4096 would "
-        "need a smaller state (see d_state 32 below) or a longer sequence. The block also runs at a lower "
-        "GFLOP/s than attention's fused kernel: it is bound by memory traffic over the B and C channels "
-        "(conv, chunk layout, their gradients), not by its matmuls.",
-    ]
-    if any(_ok(r) for r in lat.values()) and any(_ok(r) for r in att.values()):
-        out += notes
+    out += ["", (f"FLOPs per token (forward + backward, the docstring's counts): latent block "
+            f"{lat_fpt / 1e3:.0f}k at any length (d_state 128), attention {att_fpt / 1e3:.0f}k at length "
+            f"4096 ({att_fpt / lat_fpt:.1f}x the latent block's).")]
     if lat_t:
         env = " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
         out += [
             "",
             "## Same, with glibc malloc told to keep freed memory",
             "",
-            f"Environment: `{env}`. By default glibc hands every block over 32 MiB back to the OS on free, "
-            "so the next large tensor is page-faulted in again. On this machine writing fresh memory cost "
-            f"{hw_before['first_touch_ms_per_mib']:.2f} ms per MiB against {hw_before['rewrite_ms_per_mib']:.2f} ms "
-            "per MiB for memory already mapped (measured at the start of the run), which makes fresh "
-            "allocations a large share of the block's time (its largest tensors are the B and C channels, "
-            "2 x 4 x 128 floats per token, and their gradients). jemalloc or tcmalloc via LD_PRELOAD should "
-            "have a similar effect (not measured). Attention allocates little; its columns repeat the "
-            "default-malloc run above.",
+            (f"Environment of the latent runs: `{env}`; the attention columns are the default-malloc run "
+            "above. Writing fresh memory (first touch, 256 MiB) took "
+            f"{hw_before['first_touch_ms_per_mib']:.2f} ms per MiB, rewriting it "
+            f"{hw_before['rewrite_ms_per_mib']:.2f} ms per MiB (measured at the start of the run)."),
             "",
-            "| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
-            "| attention / latent (wall) | attention / latent (CPU) |",
+            ("| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
+            "| attention / latent (wall) | attention / latent (CPU) |"),
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for length in sorted(lat_t):
@@ -324,13 +279,10 @@ def report(results, hw_before, hw_after, command):
             "",
             "## Smaller state: d_state = 32 (default malloc)",
             "",
-            "The same block with `d_state=32`: the SSD work per token is dominated by the state size "
-            "(C B^T and the chunk states / state readout are linear in d_state, and B and C are "
-            "2 x n_heads x d_state channels per token), so this shows how much of the time is the paper's "
-            "d_state = 128.",
+            "The same block with `d_state=32`.",
             "",
-            "| length | latent (d_state 32) ms | CPU ms | us/token | peak MiB | GFLOP/s "
-            "| attention / this (wall) | attention / this (CPU) |",
+            ("| length | latent (d_state 32) ms | CPU ms | us/token | peak MiB | GFLOP/s "
+            "| attention / this (wall) | attention / this (CPU) |"),
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for length in sorted(lat_s):
@@ -359,15 +311,11 @@ def report(results, hw_before, hw_after, command):
                 cells.append("" if r is None else _cell(r, lambda r: (
                     f"{_ms(r):.0f} ({_cpu_ms(r):.0f}, {r['peak_mib']:.0f}, {r['gflops']:.1f})"), "{}"))
             out.append(f"| {q} | " + " | ".join(cells) + " |")
-    return out, dict(lat=lat, att=att, lat_t=lat_t, lat_s=lat_s, sweep=sweep)
+    return out, {"lat": lat, "att": att, "lat_t": lat_t, "lat_s": lat_s, "sweep": sweep}
 
 
 def plot(path, lat, att, lat_t, lat_s, sweep):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for data, label, style in ((lat, "latent Mamba-2 block (d_state 128)", "o-"),
                                (lat_t, "same, malloc keeps freed memory", "o--"),
@@ -382,25 +330,12 @@ def plot(path, lat, att, lat_t, lat_s, sweep):
             axes[1].plot(ls, [_kib_per_token(r) for _, r in points], style, label=label)
     for ax, ylabel, title in ((axes[0], "us per token (fwd + bwd)", "time per token"),
                               (axes[1], "KiB per token", "peak memory per token (fwd + bwd)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel(f"sequence length (batch x length = {TOKENS})")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        harness.log_log(ax, f"sequence length (batch x length = {TOKENS})", ylabel, title, xbase=2)
     for length in sorted({k[0] for k in sweep}):
         points = sorted((q, r) for (l, q), r in sweep.items() if l == length and _ok(r))
         axes[2].plot([q for q, _ in points], [_us_per_token(r) for _, r in points], "o-", label=f"length {length}")
-    axes[2].set_xscale("log", base=2)
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("chunk_size")
-    axes[2].set_ylabel("us per token (fwd + bwd)")
-    axes[2].set_title("latent block: chunk size")
-    axes[2].grid(True, which="both", alpha=0.3)
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    harness.log_log(axes[2], "chunk_size", "us per token (fwd + bwd)", "latent block: chunk size", xbase=2)
+    harness.save_png(fig, path, dpi=110)
 
 
 def main():
@@ -411,7 +346,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for ssd_block.{md,png}")
     args = parser.parse_args()
     if args.point:
-        print(json.dumps(run_point(json.loads(args.point))))
+        harness.emit(run_point(json.loads(args.point)))
         return
 
     lengths = [64, 256] if args.quick else LENGTHS
@@ -421,28 +356,24 @@ def main():
     results = []
     for length in lengths:
         for kind in ("latent", "attention"):
-            results.append(measure(dict(series=kind, kind=kind, length=length, chunk_size=DEFAULT_CHUNK)))
+            results.append(measure({"series": kind, "kind": kind, "length": length, "chunk_size": DEFAULT_CHUNK}))
     for length in sweep_lengths:
         for q in chunks:
             if q != DEFAULT_CHUNK or length not in lengths:
-                results.append(measure(dict(series="sweep", kind="latent", length=length, chunk_size=q)))
+                results.append(measure({"series": "sweep", "kind": "latent", "length": length, "chunk_size": q}))
     for length in [l for l in lengths if l >= 1024] or lengths[-1:]:
-        results.append(measure(dict(series="latent_state32", kind="latent", length=length, chunk_size=DEFAULT_CHUNK,
-                                    d_state=32)))
+        results.append(measure({"series": "latent_state32", "kind": "latent", "length": length, "chunk_size": DEFAULT_CHUNK,
+                                    "d_state": 32}))
     if not args.no_tuned:  # attention allocates little: compared with its default-malloc times
         for length in lengths:
-            results.append(measure(dict(series="latent_tuned", kind="latent", length=length, chunk_size=DEFAULT_CHUNK),
+            results.append(measure({"series": "latent_tuned", "kind": "latent", "length": length, "chunk_size": DEFAULT_CHUNK},
                                    env_extra=TUNED_MALLOC))
     hw_after = hardware()
-    command = "python benchmarks/ssd_block.py" + (" --quick" if args.quick else "") + (" --no-tuned" if args.no_tuned else "")
-    lines, data = report(results, hw_before, hw_after, command)
-    text = "\n".join(lines) + "\n"
-    print(text)
+    lines, data = report(results, hw_before, hw_after, harness.command())
+    print("\n".join(lines))
     if args.quick:
         return
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ssd_block.md"), "w") as f:
-        f.write(text)
+    harness.write_report(os.path.join(args.out, "ssd_block.md"), lines)
     plot(os.path.join(args.out, "ssd_block.png"), data["lat"], data["att"], data["lat_t"], data["lat_s"], data["sweep"])
 
 

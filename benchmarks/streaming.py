@@ -12,24 +12,20 @@ random weights (latency does not depend on training), one thread unless ``--thre
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
 import torch
+from recbole.config import Config
+from recbole.model.sequential_recommender.sasrec import SASRec
 
-from hardware import cpu_name  # benchmarks/hardware.py
+from recbole_hydra.model.hydra import Hydra
+from recbole_hydra.serving import StreamingRecommender, _ItemCount
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
-
-from recbole.config import Config  # noqa: E402
-from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
-
-from recbole_hydra.model.hydra import Hydra  # noqa: E402
-from recbole_hydra.serving import StreamingRecommender, _ItemCount  # noqa: E402
 
 N_ITEMS = 1683  # ml-100k
 
@@ -73,50 +69,38 @@ def main():
         for n in lengths:
             history = torch.randint(1, N_ITEMS, (n,))
             state = streamer.init_state(history)
-            update_ms = timed(lambda: streamer.topk(streamer.update(state, 5), 10), args.repeats)
+            update_ms = timed(lambda state=state: streamer.topk(streamer.update(state, 5), 10), args.repeats)
             t0 = time.perf_counter()
             streamer.init_state(history)
             init_ms = (time.perf_counter() - t0) * 1000
             seq, lens = history[None], torch.tensor([n])
             reps = max(3, args.repeats // (1 + n // 500))
-            hydra_full_ms = timed(lambda: hydra.full_sort_predict(
+            hydra_full_ms = timed(lambda seq=seq, lens=lens: hydra.full_sort_predict(
                 {hydra.ITEM_SEQ: seq, hydra.ITEM_SEQ_LEN: lens}).topk(10), reps)
             sasrec = sasrec_model(n)
-            sasrec_full_ms = timed(lambda: sasrec.full_sort_predict(
+            sasrec_full_ms = timed(lambda seq=seq, lens=lens, sasrec=sasrec: sasrec.full_sort_predict(
                 {sasrec.ITEM_SEQ: seq, sasrec.ITEM_SEQ_LEN: lens}).topk(10), reps)
             rows.append((n, update_ms, init_ms, hydra_full_ms, sasrec_full_ms))
             print(f"n={n}: update+top10 {update_ms:.2f} ms, init {init_ms:.1f} ms, "
                   f"Hydra full {hydra_full_ms:.1f} ms, SASRec full {sasrec_full_ms:.1f} ms", flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = ["# Streaming: per-event latency (one user)", "",
-          f"Command: `python benchmarks/streaming.py {' '.join(sys.argv[1:])}`  ",
-          f"Hardware: {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}  ",
-          "Models: properties/Hydra.yaml defaults; RecBole SASRec defaults with "
-          "MAX_ITEM_LIST_LENGTH = n; 1683 items (ml-100k); median of repeats.", "",
-          "| history n | Hydra update + top-10 (ms) | Hydra state init, one pass (ms) | "
-          "Hydra full recompute + top-10 (ms) | SASRec full recompute + top-10 (ms) | events/s (update) |",
-          "|---|---|---|---|---|---|"]
-    for n, upd, init, hf, sf in rows:
-        md.append(f"| {n} | {upd:.2f} | {init:.1f} | {hf:.1f} | {sf:.1f} | {1000 / upd:.0f} |")
-    (out / "streaming.md").write_text("\n".join(md) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    md = harness.header(
+        "Streaming: per-event latency (one user)", harness.command(), harness.machine(threads=args.threads),
+        "Models: properties/Hydra.yaml defaults; RecBole SASRec defaults with "
+        f"MAX_ITEM_LIST_LENGTH = n; {N_ITEMS} items (ml-100k); median of repeats.")
+    md += harness.table(
+        ["history n", "Hydra update + top-10 (ms)", "Hydra state init, one pass (ms)",
+         "Hydra full recompute + top-10 (ms)", "SASRec full recompute + top-10 (ms)", "events/s (update)"],
+        [[n, f"{upd:.2f}", f"{init:.1f}", f"{hf:.1f}", f"{sf:.1f}", f"{1000 / upd:.0f}"]
+         for n, upd, init, hf, sf in rows])
+    harness.write_report(out / "streaming.md", md)
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = [r[0] for r in rows]
     for idx, label in ((1, "Hydra: state update + top-10"), (3, "Hydra: full recompute"), (4, "SASRec: full recompute")):
         ax.plot(ns, [r[idx] for r in rows], marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("history length (events)")
-    ax.set_ylabel("latency per new event (ms)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "streaming.png", dpi=120)
+    harness.log_log(ax, "history length (events)", "latency per new event (ms)")
+    harness.save_png(fig, out / "streaming.png", dpi=120)
     print((out / "streaming.md").read_text())
 
 
