@@ -60,7 +60,12 @@ def _setup(model_name, dataset, length, data_path):
     import torch
     from recbole.data import data_preparation
 
-    from recbole_hydra.quick_start import create_dataset, get_trainer, load_model, make_config
+    try:
+        from recbole_hydra.config import make_config
+        from recbole_hydra.registry import build_model, create_dataset, get_trainer
+    except ImportError:  # a checkout from before the runner was split (--repo)
+        from recbole_hydra.quick_start import create_dataset, get_trainer, make_config
+        from recbole_hydra.quick_start import load_model as build_model
     try:
         from recbole_hydra.layers import kernels
     except ImportError:  # a checkout from before they existed (--repo)
@@ -70,7 +75,7 @@ def _setup(model_name, dataset, length, data_path):
     config = make_config(model_name, dataset, config_dict={
         **OBJECTIVE, **variant, "MAX_ITEM_LIST_LENGTH": length, "data_path": os.path.abspath(data_path)})
     train, valid, _ = data_preparation(config, create_dataset(config))
-    model = load_model(config, train._dataset)
+    model = build_model(config, train._dataset)
     trainer = get_trainer(config)(config, model)
     if kernels is not None and hasattr(kernels, "cpu_kernels"):
         kernels.cpu_kernels(True, torch.zeros(1))

@@ -10,7 +10,7 @@
 ``--time-budget`` seconds of training (training stops once it is spent; the best checkpoint is tested),
 and appends the run (test result, per-epoch seconds, checkpoint) to ``--out`` (JSON lines).
 
-``cold`` loads each checkpoint with ``recbole_hydra.compat.load_data_and_model`` and scores the
+``cold`` loads each checkpoint with ``recbole_hydra.checkpoint.load_data_and_model`` and scores the
 test users (RecBole's full ranking, padding item excluded, history not masked, as the trainer
 does) split by how often their test item occurs in the training part of the data (every
 interaction but each user's last two, the leave-one-out valid and test items): test Recall@10 and
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbole_hydra import compat
+from recbole_hydra.checkpoint import load_data_and_model
 from recbole_hydra.quick_start import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def train_counts(dataset):
 def cold(args):
     rows = []
     for model_file in args.checkpoints:
-        config, model, dataset, _, _, test_data = compat.load_data_and_model(model_file)
+        config, model, dataset, _, _, test_data = load_data_and_model(model_file)
         counts = train_counts(dataset)
         model.eval()
         ranks, targets = [], []

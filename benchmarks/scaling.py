@@ -34,14 +34,15 @@ def point(model_name, length, tokens, repeats):
     from recbole.config import Config
     from recbole.data.interaction import Interaction
 
-    from recbole_hydra.quick_start import config_files, get_model
-    from recbole_hydra.serving import _ItemCount
+    from recbole_hydra.checkpoint import ItemCountDataset
+    from recbole_hydra.config import config_files
+    from recbole_hydra.registry import get_model
 
     torch.manual_seed(0)
     cls = get_model(model_name)
     config = Config(model=cls, dataset="ml-1m", config_file_list=config_files(cls.__name__, "ml-1m"),
                     config_dict={"MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None})
-    model = cls(config, _ItemCount(N_ITEMS))
+    model = cls(config, ItemCountDataset(N_ITEMS))
     model.train()
     batch = max(1, tokens // length)
     seq = torch.randint(1, N_ITEMS, (batch, length))

@@ -21,8 +21,9 @@ import torch
 from recbole.config import Config
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from recbole_hydra.checkpoint import ItemCountDataset
 from recbole_hydra.model.hydra import Hydra
-from recbole_hydra.serving import StreamingRecommender, _ItemCount
+from recbole_hydra.serving import StreamingRecommender
 
 REPO = Path(__file__).resolve().parent.parent
 warnings.filterwarnings("ignore")
@@ -43,13 +44,13 @@ def timed(fn, repeats):
 def hydra_model():
     config = Config(model=Hydra, dataset="ml-100k", config_file_list=[
         str(REPO / "properties" / "overall.yaml"), str(REPO / "properties" / "Hydra.yaml")])
-    return Hydra(config, _ItemCount(N_ITEMS)).eval()
+    return Hydra(config, ItemCountDataset(N_ITEMS)).eval()
 
 
 def sasrec_model(length):
     config = Config(model="SASRec", dataset="ml-100k", config_dict={
         "MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None})
-    return SASRec(config, _ItemCount(N_ITEMS)).eval()
+    return SASRec(config, ItemCountDataset(N_ITEMS)).eval()
 
 
 def main():
