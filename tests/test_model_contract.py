@@ -168,6 +168,7 @@ def test_right_padding_invariant(built):
 @each_model
 def test_recbole_methods(built):
     case, _, model, train, test = built
+    assert type(model).__name__ == case.model
     model.train()
     loss = model.calculate_loss(next(iter(train)))
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
