@@ -29,6 +29,17 @@ def write_inter(root, name, rows, with_time=True):
     return str(root)
 
 
+def write_domains(root, name, rows, with_domain=True):
+    """Write ``rows`` of (user, item, time, domain) as ``root/name/name.inter`` (without the domain
+    column when ``with_domain`` is False: one single-domain dataset of a merge)."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token\titem_id:token\ttimestamp:float" + ("\tdomain:token" if with_domain else "")
+    lines = [header] + ["\t".join(map(str, r if with_domain else r[:3])) for r in rows]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
 def random_sequences(n_users, n_items, min_len, max_len, seed=0):
     rng = np.random.default_rng(seed)
     rows = []

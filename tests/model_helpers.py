@@ -64,8 +64,13 @@ def assert_gradients_reach_every_parameter(model, train):
     assert not missing, f"no gradient reaches {missing}"
 
 
-def overfit_recall_at_1(model, train, steps=80, lr=1e-2):
-    """Train on the training batches alone, then the fraction of training targets ranked first."""
+def overfit_recall_at_1(model, train, steps=80, lr=1e-2, targets_of=None):
+    """Train on the training batches alone, then the fraction of training targets ranked first.
+
+    ``targets_of(model, batch) -> (interaction, targets)`` says what to score for a training batch
+    (default: the batch itself and its ``POS_ITEM_ID``)."""
+    if targets_of is None:
+        targets_of = lambda model, batch: (batch, batch[model.POS_ITEM_ID])  # noqa: E731
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     batches = list(train)
     model.train()
@@ -77,7 +82,8 @@ def overfit_recall_at_1(model, train, steps=80, lr=1e-2):
     hits = total = 0
     with torch.no_grad():
         for batch in batches:
-            scores = model.full_sort_predict(batch)
-            hits += int((scores.argmax(-1) == batch[model.POS_ITEM_ID]).sum())
-            total += len(batch)
+            interaction, targets = targets_of(model, batch)
+            scores = model.full_sort_predict(interaction)
+            hits += int((scores.argmax(-1) == targets).sum())
+            total += len(targets)
     return hits / total

@@ -1,3 +1,5 @@
+"""What is particular to HSTU; the contract every model keeps is in test_model_contract.py."""
+
 import pytest
 import torch
 
@@ -7,18 +9,10 @@ from recbole_hydra.quick_start import run
 from recbole_hydra import registry
 from recbole_hydra.registry import create_dataset
 from tests.conftest import ml100k_slice, quiet_config, random_sequences, write_inter
-from tests.model_helpers import (
-    assert_causal,
-    assert_gradients_reach_every_parameter,
-    assert_padding_invariant,
-    build_model,
-    overfit_recall_at_1,
-    random_batch,
-)
+from tests.model_helpers import assert_causal, build_model, random_batch
 
 SMALL = dict(hidden_size=16, n_layers=2, n_heads=2, dropout_prob=0.0, hidden_dropout_prob=0.0,
              num_negatives=16)
-FIXED_ROWS = [(f"u{u}", f"i{(u * 7 + t * 3) % 40}", t) for u in range(20) for t in range(6)]
 
 
 def times_for(model, seed=0):
@@ -28,9 +22,9 @@ def times_for(model, seed=0):
     return {"timestamps": 8.8e8 + gaps.cumsum(1)}
 
 
-@pytest.fixture(params=["generative", "prefix"])
-def hstu(tmp_path, request):
-    return build_model(tmp_path, "HSTU", train_mode=request.param, **SMALL)
+@pytest.fixture
+def hstu(tmp_path):
+    return build_model(tmp_path, "HSTU", **SMALL)
 
 
 def test_defaults_follow_the_reference(tmp_path):
@@ -41,27 +35,6 @@ def test_defaults_follow_the_reference(tmp_path):
     assert len(model.layers) == 2 and model.layers[0].n_heads == 1
     assert model.layers[0].attention_dim == model.layers[0].linear_dim == 50
     assert model.use_time and model.layers[0].time_bias.numel() == 129
-
-
-def test_shapes(hstu):
-    model, train, _, _ = hstu
-    batch = next(iter(train))
-    seq = batch[model.ITEM_SEQ]
-    assert model(seq, batch[model.ITEM_SEQ_LEN], **model._forward_inputs(batch)).shape == (*seq.shape, 16)
-    assert model.full_sort_predict(batch).shape == (len(batch), model.n_items)
-    assert model.calculate_loss(batch).dim() == 0
-
-
-def test_causal(hstu):
-    assert_causal(hstu[0], **times_for(hstu[0]))
-
-
-def test_right_padding_invariant(hstu):
-    assert_padding_invariant(hstu[0], **times_for(hstu[0]))
-
-
-def test_gradients_flow_everywhere(hstu):
-    assert_gradients_reach_every_parameter(hstu[0], hstu[1])
 
 
 def test_output_depends_on_the_time_gaps(hstu):
@@ -104,9 +77,8 @@ def test_position_only_model_runs_without_timestamps(tmp_path):
     model, train, _, _ = build_model(tmp_path, "HSTU", time_bias=False, **SMALL)
     assert not model.use_time and model.layers[0].time_bias is None
     assert model._forward_inputs(next(iter(train))) == {}
-    assert_causal(model)
-    assert_padding_invariant(model)
-    assert_gradients_reach_every_parameter(model, train)
+    seq, lengths = random_batch(model)
+    assert model(seq, lengths).shape == (*seq.shape, 16)  # no timestamps needed
 
 
 def test_builds_on_a_dataset_without_time_field(tmp_path):
@@ -120,17 +92,6 @@ def test_builds_on_a_dataset_without_time_field(tmp_path):
     assert not model.use_time and model.layers[0].time_bias is None
     seq, lengths = random_batch(model)
     assert model(seq, lengths).shape == (*seq.shape, 16)
-
-
-@pytest.mark.parametrize("overrides", [
-    dict(),  # the reference's: generative, sampled softmax, cosine, tau 0.05
-    dict(train_mode="prefix", loss_type="CE", similarity="dot", temperature=1.0),
-])
-def test_overfits_20_short_sequences(tmp_path, overrides):
-    settings = {**SMALL, "hidden_size": 32, "num_negatives": 64, **overrides}
-    model, train, _, _ = build_model(tmp_path, "HSTU", rows=FIXED_ROWS, MAX_ITEM_LIST_LENGTH=10,
-                                     train_batch_size=20, **settings)
-    assert overfit_recall_at_1(model, train) >= 0.95
 
 
 @pytest.mark.parametrize("train_mode", ["generative", "prefix"])

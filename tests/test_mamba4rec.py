@@ -1,3 +1,5 @@
+"""What is particular to Mamba4Rec; the contract every model keeps is in test_model_contract.py."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,21 +7,9 @@ import torch.nn.functional as F
 from recbole_hydra.model.mamba4rec import Mamba4Rec
 from recbole_hydra.quick_start import run
 from tests.conftest import ml100k_slice, quiet_config
-from tests.model_helpers import (
-    assert_causal,
-    assert_gradients_reach_every_parameter,
-    assert_padding_invariant,
-    build_model,
-    overfit_recall_at_1,
-)
+from tests.model_helpers import build_model
 
 SMALL = dict(hidden_size=16, n_layers=2, d_state=8, chunk_size=4, dropout_prob=0.0)
-FIXED_ROWS = [(f"u{u}", f"i{(u * 7 + t * 3) % 40}", t) for u in range(20) for t in range(6)]
-
-
-@pytest.fixture(params=["prefix", "generative"])
-def mamba4rec(tmp_path, request):
-    return build_model(tmp_path, "Mamba4Rec", train_mode=request.param, **SMALL)
 
 
 def test_defaults_follow_the_paper(tmp_path):
@@ -42,39 +32,6 @@ def test_mamba_ssm_init_kept_when_asked(tmp_path):
     dt = F.softplus(model.layers[0].mamba.dt_proj.bias)
     assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
     assert model.layers[0].ffn.dense_1.weight.std() < 0.03  # the rest is still the reference's
-
-
-def test_shapes(mamba4rec):
-    model, train, _, _ = mamba4rec
-    batch = next(iter(train))
-    seq = batch[model.ITEM_SEQ]
-    assert model(seq, batch[model.ITEM_SEQ_LEN]).shape == (*seq.shape, 16)
-    assert model.full_sort_predict(batch).shape == (len(batch), model.n_items)
-    assert model.calculate_loss(batch).dim() == 0
-
-
-def test_causal(mamba4rec):
-    assert_causal(mamba4rec[0])
-
-
-def test_right_padding_invariant(mamba4rec):
-    assert_padding_invariant(mamba4rec[0])
-
-
-def test_gradients_flow_everywhere(mamba4rec):
-    assert_gradients_reach_every_parameter(mamba4rec[0], mamba4rec[1])
-
-
-@pytest.mark.parametrize("overrides", [
-    dict(),  # the paper's: prefix examples, full softmax CE, dot product
-    dict(train_mode="generative", loss_type="InfoNCE", similarity="cosine", temperature=0.05,
-         num_negatives=64),
-])
-def test_overfits_20_short_sequences(tmp_path, overrides):
-    model, train, _, _ = build_model(
-        tmp_path, "Mamba4Rec", rows=FIXED_ROWS, hidden_size=32, n_layers=1, d_state=8,
-        dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=10, train_batch_size=20, **overrides)
-    assert overfit_recall_at_1(model, train, steps=200) >= 0.95
 
 
 @pytest.mark.parametrize("train_mode", ["prefix", "generative"])

@@ -23,7 +23,7 @@ from recbole_hydra.config import make_config, PROPERTIES
 from recbole_hydra.errors import UsageError
 from recbole_hydra.quick_start import run
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
-from tests.conftest import quiet_config
+from tests.conftest import quiet_config, write_domains
 
 TINY = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=4, num_negatives=8,
             dropout_prob=0.0, topk=[1, 5], valid_metric="NDCG@1")
@@ -38,15 +38,6 @@ HAND = (
         ["b1", "a1", "a2", "b2", "a3"], start=1)]
     + [("u3", f"u3a{k}", k, "books") for k in range(1, 9)]
 )
-
-
-def write_domains(root, name, rows, with_domain=True):
-    folder = Path(root) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    header = "user_id:token\titem_id:token\ttimestamp:float" + ("\tdomain:token" if with_domain else "")
-    lines = [header] + ["\t".join(map(str, r if with_domain else r[:3])) for r in rows]
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    return str(root)
 
 
 def build(root, name="md", model="HydraMD", **overrides):

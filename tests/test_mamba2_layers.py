@@ -1,5 +1,6 @@
-"""Mamba2 block and the batched multi-head latent block: step vs forward, caches, padding,
-equivalence with separate blocks, causality, gradients, errors."""
+"""The Mamba-2 layers: the Mamba2 block and the batched multi-head latent block (step vs forward,
+caches, padding, equivalence with separate blocks, causality, gradients, errors, the CUDA-kernel
+glue), and the causal conv and RMS norms they are made of."""
 
 import math
 
