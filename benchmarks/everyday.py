@@ -82,8 +82,8 @@ def point(model_name, dataset, length, data_path):
     try:  # build (or load) the CPU kernels before timing: a one-off per machine, not part of an epoch
         from recbole_hydra.layers import kernels
 
-        kernels.cpu_kernels(True, torch.zeros(1))
-    except (ImportError, AttributeError):  # a checkout from before they existed
+        kernels.cpu_kernels(torch.zeros(1))
+    except (ImportError, AttributeError, TypeError):  # a checkout from before they (or the switch) existed
         pass
     _reset_peak()
     t0 = time.perf_counter()

@@ -70,7 +70,6 @@ class Hydra(GenerativeSequentialRecommender):
                 expand=config["expand"],
                 headdim=config["ssd_headdim"],
                 chunk_size=config["chunk_size"],
-                use_kernels=config["use_kernels"] is not False,
             )
             for i in range(config["n_layers"])
         )

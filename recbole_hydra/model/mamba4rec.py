@@ -32,11 +32,11 @@ class Mamba4RecLayer(nn.Module):
     """
 
     def __init__(self, hidden_size, d_state, d_conv, expand, dropout_prob, inner_size, residual,
-                 chunk_size=DEFAULT_CHUNK_SIZE, use_kernels=True):
+                 chunk_size=DEFAULT_CHUNK_SIZE):
         super().__init__()
         self.residual = residual
         self.mamba = Mamba1(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand,
-                            chunk_size=chunk_size, use_kernels=use_kernels)
+                            chunk_size=chunk_size)
         self.dropout = nn.Dropout(dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
         self.ffn = ReferenceFeedForward(hidden_size, inner_size, dropout_prob, "gelu", LAYER_NORM_EPS)
@@ -83,7 +83,6 @@ class Mamba4Rec(GenerativeSequentialRecommender):
                 inner_size=config["inner_size"] or 4 * hidden_size,
                 residual=n_layers > 1,
                 chunk_size=config["chunk_size"] or DEFAULT_CHUNK_SIZE,
-                use_kernels=config["use_kernels"] is not False,
             )
             for _ in range(n_layers)
         )
