@@ -26,7 +26,7 @@ from recbole_hydra import compat
 from recbole_hydra.data.amazon2023 import missing_dataset_hint
 from recbole_hydra.data.dataset import GenerativeSequentialDataset
 from recbole_hydra.model import PLUGIN_MODELS, get_plugin_model
-from recbole_hydra.trainer import GenerativeTrainer
+from recbole_hydra.trainer import GenerativeTrainer, MultiDomainTrainer
 
 PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
 
@@ -75,7 +75,7 @@ def create_dataset(config):
 
 def get_trainer(config):
     if is_plugin_model(config["model"]):
-        return getattr(get_model(config["model"]), "trainer_class", GenerativeTrainer)
+        return MultiDomainTrainer if config["model"] == "HydraMD" else GenerativeTrainer
     return recbole_get_trainer(config["MODEL_TYPE"], config["model"])
 
 

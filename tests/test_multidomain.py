@@ -18,7 +18,9 @@ from recbole.data import data_preparation
 from recbole_hydra.data import fetch as fetch_module
 from recbole_hydra.data.multidomain import MultiDomainError
 from recbole_hydra.model import hydra_md
-from recbole_hydra.model.hydra_md import HydraMD, MultiDomainTrainer, domain_table, sample_domain_negatives
+from recbole_hydra.model.hydra_md import HydraMD, sample_domain_negatives
+from recbole_hydra.trainer import MultiDomainTrainer
+from recbole_hydra.trainer.multidomain import domain_table
 from recbole_hydra.quick_start import PROPERTIES, UsageError, create_dataset, get_trainer, load_model, make_config, run
 from tests.conftest import quiet_config
 

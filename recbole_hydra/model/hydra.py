@@ -122,16 +122,24 @@ class Hydra(GenerativeSequentialRecommender):
         return self.emb_norm(self.emb_dropout(self._item_vectors(item_seq)))  # eq 3
 
     # -- streaming inference (recbole_hydra.serving) -------------------------------------------
-    def _forward_with_cache(self, item_seq, item_seq_len):
-        """``forward`` that also returns every layer's latent-Mamba cache after the last real item."""
+    def item_table(self):
+        """(n_items, d): what the hidden states are scored against (row 0 is padding)."""
+        return self._item_table()
+
+    def forward_with_caches(self, item_seq, item_seq_len):
+        """``forward`` -> ``(hidden (b, l, d), caches)``, ``caches`` holding each layer's
+        latent-Mamba cache (``Mamba2Cache``) after the last real item of each row: where ``step``
+        continues from."""
         h, caches = self._embed(item_seq), []
         for layer in self.layers:
             h, cache = layer(h, lengths=item_seq_len, return_cache=True)
             caches.append(cache)
         return h, caches
 
-    def _step(self, item_t, position, caches):
-        """One new item per row: ``item_t (b,)`` at ``position (b,)`` -> (hidden (b, d), caches)."""
+    def step(self, item_t, position, caches):
+        """One new item per row, O(1) in the history length: ``item_t (b,)`` at ``position (b,)``
+        (0 = first item) and the caches after the items before it -> ``(hidden (b, d), caches
+        after it)``; the given caches are not modified."""
         h, new_caches = self._embed(item_t), []
         for layer, cache in zip(self.layers, caches):
             h, cache = layer.step(h, position, cache)

@@ -1,5 +1,6 @@
 """RecBole trainers of the package: the paper's schedule, per-domain evaluation, epoch history."""
 
 from recbole_hydra.trainer.generative import GenerativeTrainer
+from recbole_hydra.trainer.multidomain import MultiDomainTrainer
 
-__all__ = ["GenerativeTrainer"]
+__all__ = ["GenerativeTrainer", "MultiDomainTrainer"]
