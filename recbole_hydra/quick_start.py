@@ -22,17 +22,14 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 from recbole.utils import InputType, init_logger, init_seed
 
-from recbole_hydra import compat
+from recbole_hydra import compat, config_schema
 from recbole_hydra.data.amazon2023 import missing_dataset_hint
 from recbole_hydra.data.dataset import GenerativeSequentialDataset
+from recbole_hydra.errors import UsageError
 from recbole_hydra.model import PLUGIN_MODELS, get_plugin_model
 from recbole_hydra.trainer import GenerativeTrainer, MultiDomainTrainer
 
 PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
-
-
-class UsageError(ValueError):
-    """A problem with the user's input that one line can explain; the CLI prints it, exit 2."""
 
 
 def recbole_model_names():
@@ -112,26 +109,12 @@ def make_config(model, dataset, config_file_list=None, config_dict=None):
     return config
 
 
-#: size keys that must be positive integers when a model reads them (None: the model's default)
-POSITIVE_INT_KEYS = ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand", "d_conv",
-                     "chunk_size", "ffn_inner_size", "inner_size", "train_batch_size", "eval_batch_size")
-
-
 def check_config(config):
     """Fail early, in one line, on what would otherwise fail deep inside RecBole."""
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if max_len is not None and int(max_len) < 1:
         raise UsageError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_len}")
-    for key in POSITIVE_INT_KEYS:
-        value = config[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{key} must be a positive integer, got {value!r}")
-    hidden, heads = config["hidden_size"], config["n_heads"]
-    if hidden and heads and not config["head_size"] and int(hidden) % int(heads):
-        raise UsageError(
-            f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): change one of them"
-            + (" or set head_size explicitly" if is_plugin_model(config["model"]) else "")
-        )
+    config_schema.validate(config)  # every key's type and range, and the sizes that must fit
     dataset, data_path = config["dataset"], config["data_path"]
     inter = os.path.join(data_path, f"{dataset}.inter")
     if not os.path.isfile(inter) and config["domains"]:  # merging single-domain datasets (HydraMD)

@@ -185,8 +185,7 @@ class _Mamba2Mixer(nn.Module):
         x = x.reshape(batch, length, self.nheads, self.headdim)
         if torch.is_grad_enabled():
             # x is a view of the conv output, which also holds B and C; the scan keeps x for
-            # backward, and a copy lets the conv output go (-26 MB per Hydra layer per ml-1m
-            # training step at length 200, for one copy of x).
+            # backward, and a copy of x alone lets the larger conv output be freed.
             x = x.contiguous()
         y, ssm_state = self._scan(
             x,
@@ -377,8 +376,8 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
     conv over the x channels of all heads, then B, then C; ``dt_bias``, ``A_log``, ``D`` and
     ``norm.weight`` head after head. ``from_blocks`` builds one from v ``Mamba2`` blocks.
 
-    The default ``chunk_size=64`` was the fastest in the CPU sweep of
-    ``benchmarks/results/ssd_block.md``.
+    The default ``chunk_size=64`` balances the quadratic within-chunk part against the number of
+    chunk states on CPU (``benchmarks/ssd_block.py`` sweeps it).
     """
 
     def __init__(
@@ -428,8 +427,7 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
         # Two products, not one split into three: the conv's channels come out as their own tensor
         # (not a strided slice), and backward adds two small input gradients instead of
-        # concatenating three output gradients into a (tokens, v, d_in_proj) tensor (-6 % per
-        # training step, -10 % per evaluation, ml-1m, length 50 and 200).
+        # concatenating three output gradients into a (tokens, v, d_in_proj) tensor.
         d_inner, nheads, end = self.d_inner_block, self.nheads_block, self.d_in_proj_block
         xBC = self._in_proj(u, [(d_inner, end - nheads)])
         z, dt = self._in_proj(u, [(0, d_inner), (end - nheads, end)]).split([d_inner, nheads], dim=-1)

@@ -17,7 +17,7 @@ class Hydra(GenerativeSequentialRecommender):
     r"""Item embedding (or item LLM) -> Dropout -> RMSNorm (eq 3) -> ``n_layers`` Hydra layers
     (eq 5-12) -> the hidden state at every position, scored against the tied item table (eq 13).
 
-    Choices beyond the paper and NOTES.md:
+    Choices beyond the paper and docs/paper-reading.md:
     - ``head_size`` (d_c) defaults to ``hidden_size // n_heads``; the latent width ``n_heads *
       head_size`` may differ from ``hidden_size`` (W_X, W_Z and W_out map between them).
     - No final norm after the last layer: eq 13 scores the last layer's output directly.
@@ -41,19 +41,15 @@ class Hydra(GenerativeSequentialRecommender):
         hidden_size = config["hidden_size"]
         n_heads = config["n_heads"]
         head_size = config["head_size"]
-        if head_size is None:
-            if hidden_size % n_heads:
-                raise ValueError(
-                    f"hidden_size ({hidden_size}) is not divisible by n_heads ({n_heads}): "
-                    "change one of them or set head_size explicitly"
-                )
+        if head_size is None:  # hidden_size is then divisible by n_heads (config_schema)
             head_size = hidden_size // n_heads
-        self.item_model = config["item_model"] or "embedding"
-        if self.item_model not in ITEM_MODELS:
-            raise ValueError(f"item_model must be one of {ITEM_MODELS}, got {self.item_model!r}")
+        ffn_inner_size = config["ffn_inner_size"]
+        if ffn_inner_size is None:
+            ffn_inner_size = hidden_size
+        self.item_model = config["item_model"]
         if self.item_model == "embedding":
             self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
-        self.layer_checkpointing = bool(config["layer_checkpointing"])
+        self.layer_checkpointing = config["layer_checkpointing"]
         self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.emb_norm = RMSNorm(hidden_size)
         self.layers = nn.ModuleList(
@@ -61,10 +57,10 @@ class Hydra(GenerativeSequentialRecommender):
                 hidden_size,
                 n_heads,
                 head_size,
-                ffn_inner_size=config["ffn_inner_size"] or hidden_size,
-                rope_base=config["rope_base"] or 10000.0,
+                ffn_inner_size=ffn_inner_size,
+                rope_base=config["rope_base"],
                 pre_norm=i > 0,
-                hidden_dropout_prob=config["hidden_dropout_prob"] or 0.0,
+                hidden_dropout_prob=config["hidden_dropout_prob"],
                 d_state=config["d_state"],
                 d_conv=config["d_conv"],
                 expand=config["expand"],
