@@ -83,7 +83,7 @@ def point(model_name, dataset, length, data_path):
         from recbole_hydra.layers import kernels
 
         kernels.cpu_kernels(torch.zeros(1))
-    except (ImportError, AttributeError, TypeError):  # a checkout from before they (or the switch) existed
+    except (ImportError, AttributeError, TypeError):  # a checkout from before them or the switch
         pass
     _reset_peak()
     t0 = time.perf_counter()

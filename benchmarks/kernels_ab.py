@@ -3,10 +3,10 @@
     python benchmarks/kernels_ab.py [--dataset ml-1m] [--length 50] [--steps 30] [--threads 2]
 
 Loads RecBole's data and Hydra once (the everyday benchmark's objective and batches), then
-alternates the kernels switch (``recbole_hydra.layers.kernels.use``) on and off step by step over the same training
-batches, and batch by batch over one evaluation batch (``full_sort_predict`` of
-``eval_batch_size`` users): alternating puts both variants under the same machine load. Prints the
-median training step (forward + backward + AdamW) and evaluation batch in ms for each.
+alternates the kernels switch (``recbole_hydra.layers.kernels.use``) on and off step by step
+over the same training batches, and batch by batch over one evaluation batch
+(``full_sort_predict`` of ``eval_batch_size`` users): alternating puts both variants under the
+same machine load. Prints the median training step (forward + backward + AdamW) and evaluation batch in ms for each.
 """
 
 import argparse

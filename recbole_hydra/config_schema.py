@@ -50,17 +50,16 @@ class Key:
             return "a string"
         if self.kind is list:
             return "a list, e.g. [a, b]"
-        noun = "an integer" if self.kind is int else "a number"
         if self.kind is int and self.minimum == 1 and self.maximum is None:
             return "a positive integer"
-        low = f"[{self.minimum}" if self.minimum is not None else f"({self.above}" if self.above is not None else None
-        high = f"{self.maximum}]" if self.maximum is not None else f"{self.below})" if self.below is not None else None
-        if low and high:
-            return f"{noun} in {low}, {high}"
-        if low:
-            return f"{noun} {'>=' if self.minimum is not None else '>'} {low[1:]}"
-        if high:
-            return f"{noun} {'<=' if self.maximum is not None else '<'} {high[:-1]}"
+        noun = "an integer" if self.kind is int else "a number"
+        low = ("[", ">=", self.minimum) if self.minimum is not None else ("(", ">", self.above)
+        high = ("]", "<=", self.maximum) if self.maximum is not None else (")", "<", self.below)
+        if low[2] is not None and high[2] is not None:
+            return f"{noun} in {low[0]}{low[2]}, {high[2]}{high[0]}"
+        for _, sign, bound in (low, high):
+            if bound is not None:
+                return f"{noun} {sign} {bound}"
         return noun
 
     def accepts(self, value) -> bool:
@@ -75,8 +74,10 @@ class Key:
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if isinstance(value, bool) or not isinstance(value, wanted):
             return False
-        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+        return ((self.minimum is None or value >= self.minimum)
+                and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above)
+                and (self.below is None or value < self.below))
 
 
 def _positive_int(none=None):
@@ -97,7 +98,8 @@ _COMMON = {
     "eval_tokens_per_pass": _positive_int(),
     "use_kernels": Key(bool),
     "lr_scheduler": Key(str, choices=LR_SCHEDULERS),
-    "warmup_ratio": Key(float, minimum=0, maximum=1, none="no warm-up (read with lr_scheduler: cosine)"),
+    "warmup_ratio": Key(float, minimum=0, maximum=1,
+                        none="no warm-up (read with lr_scheduler: cosine only)"),
     "train_batch_size": _positive_int(),
     "eval_batch_size": _positive_int(),
 }
@@ -189,8 +191,8 @@ MODEL_KEYS = {
 #: RecBole's own models: size keys checked when set (their models have no default for a None)
 RECBOLE_MODEL_KEYS = {
     key: _positive_int(none="unused by the model")
-    for key in ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand", "d_conv", "chunk_size",
-                "ffn_inner_size", "inner_size", "train_batch_size", "eval_batch_size")
+    for key in ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand", "d_conv",
+                "chunk_size", "ffn_inner_size", "inner_size", "train_batch_size", "eval_batch_size")
 }
 
 #: where ``hidden_size`` must be divisible by ``n_heads``: the keys that, when set, lift it

@@ -13,8 +13,9 @@ S4D-real), ``D = 1``, ``dt_proj.weight ~ U(-dt_rank^-0.5, dt_rank^-0.5) * dt_sca
 linear layers PyTorch's default. ``A_log`` and ``D`` carry ``_no_weight_decay``, ``dt_proj.bias``
 ``_no_reinit``, as there.
 
-On CUDA with kernels enabled (``recbole_hydra.layers.kernels``), mamba-ssm's fused ``mamba_inner_fn`` (when causal-conv1d is
-installed) or its ``selective_scan_fn`` is used; mamba-ssm is only imported then, on first use.
+On CUDA with kernels enabled (``recbole_hydra.layers.kernels``), mamba-ssm's fused
+``mamba_inner_fn`` (when causal-conv1d is installed) or its ``selective_scan_fn`` is used;
+mamba-ssm is only imported then, on first use.
 Everywhere else the scan is ``recbole_hydra.layers.selective_scan`` (pure PyTorch) and the conv
 ``recbole_hydra.layers.conv`` (our compiled CPU kernel when it builds, else PyTorch ops).
 """
