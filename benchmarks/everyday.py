@@ -78,7 +78,10 @@ def _setup(model_name, dataset, length, data_path):
     model = build_model(config, train._dataset)
     trainer = get_trainer(config)(config, model)
     if kernels is not None and hasattr(kernels, "cpu_kernels"):
-        kernels.cpu_kernels(True, torch.zeros(1))
+        try:
+            kernels.cpu_kernels(torch.zeros(1))
+        except TypeError:  # a checkout from before the process-wide switch (--repo)
+            kernels.cpu_kernels(True, torch.zeros(1))
     return config, model, trainer, train, valid
 
 

@@ -3,10 +3,10 @@
     python benchmarks/kernels_ab.py [--dataset ml-1m] [--length 50] [--steps 30] [--threads 2]
 
 Loads RecBole's data and Hydra once (the everyday benchmark's objective and batches), then
-alternates ``use_kernels`` True / False on every Hydra module step by step over the same training
-batches, and batch by batch over one evaluation batch (``full_sort_predict`` of
-``eval_batch_size`` users): alternating puts both variants under the same machine load. Prints the
-median training step (forward + backward + AdamW) and evaluation batch in ms for each.
+alternates the kernels switch (``recbole_hydra.layers.kernels.use``) on and off step by step
+over the same training batches, and batch by batch over one evaluation batch
+(``full_sort_predict`` of ``eval_batch_size`` users): alternating puts both variants under the
+same machine load. Prints the median training step (forward + backward + AdamW) and evaluation batch in ms for each.
 """
 
 import argparse
@@ -29,13 +29,9 @@ def main():
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     _, model, _, train, valid = everyday._setup("Hydra", args.dataset, args.length, args.data_path)
+    from recbole_hydra.layers import kernels  # importable once everyday has set the path up
     batches = [b for b, _ in zip(train, range(args.steps))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def use_kernels(flag):
-        for module in model.modules():
-            if hasattr(module, "use_kernels"):
-                module.use_kernels = flag
 
     def step(batch):
         optimizer.zero_grad()
@@ -45,14 +41,14 @@ def main():
     model.train()
     times = {True: [], False: []}
     for flag in times:  # warm-up (and the kernels' build, once per machine)
-        use_kernels(flag)
-        step(batches[0])
+        with kernels.use(flag):
+            step(batches[0])
     for batch in batches[1:]:
-        for flag, measured in times.items():
-            use_kernels(flag)
-            t0 = time.perf_counter()
-            step(batch)
-            measured.append(time.perf_counter() - t0)
+        for flag in times:
+            with kernels.use(flag):
+                t0 = time.perf_counter()
+                step(batch)
+                times[flag].append(time.perf_counter() - t0)
     print(f"{args.dataset} L={args.length} train step ms: kernels {statistics.median(times[True]) * 1e3:.1f}, "
           f"PyTorch ops {statistics.median(times[False]) * 1e3:.1f}")
     model.eval()
@@ -61,10 +57,10 @@ def main():
     with torch.no_grad():
         for _ in range(6):
             for flag in times:
-                use_kernels(flag)
-                t0 = time.perf_counter()
-                model.full_sort_predict(eval_batch)
-                times[flag].append(time.perf_counter() - t0)
+                with kernels.use(flag):
+                    t0 = time.perf_counter()
+                    model.full_sort_predict(eval_batch)
+                    times[flag].append(time.perf_counter() - t0)
     print(f"{args.dataset} L={args.length} eval batch ms: kernels {statistics.median(times[True][1:]) * 1e3:.1f}, "
           f"PyTorch ops {statistics.median(times[False][1:]) * 1e3:.1f}")
 

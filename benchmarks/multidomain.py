@@ -89,7 +89,7 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     from recbole_hydra.data.fetch import ML1M_GENRE_GROUPS, fetch
-    from recbole_hydra.model.hydra_md import domain_table
+    from recbole_hydra.trainer.multidomain import domain_table
     from recbole_hydra.quick_start import run
 
     source = fetch("ml-1m-domains", args.data_path, source=args.source)

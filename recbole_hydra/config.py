@@ -2,7 +2,7 @@
 
 The yaml files are read in RecBole's order: ``properties/overall.yaml`` (the protocol shared by
 every model), ``properties/<Model>.yaml``, ``properties/dataset/<dataset>.yaml``, then the
-user's files, then ``config_dict``. ``check_config`` then fails early, in one line, on what would
+user's files, then ``config_dict``. ``check_config`` then fails early (every key's type and range: ``config_schema``), in one line, on what would
 otherwise fail deep inside RecBole; ``check_dataset`` does the same for what can only be seen
 once the data is loaded.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 from recbole.config import Config
 from recbole.utils import InputType
 
+from recbole_hydra import config_schema
 from recbole_hydra.data.catalogue import missing_dataset_hint
 from recbole_hydra.data.multidomain import domain_sources
 from recbole_hydra.errors import UsageError
-from recbole_hydra.registry import get_model, is_plugin_model
+from recbole_hydra.registry import get_model
 
 PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
 
@@ -24,12 +25,6 @@ PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
 #: (the models here sample their own negatives, and RecBole refuses CE models with it on).
 RECBOLE_NEG_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0,
                         "dynamic": False, "candidate_num": 0}
-
-#: size keys that must be positive integers when a model reads them (None: the model's default)
-POSITIVE_INT_KEYS = ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand",
-                     "d_conv", "chunk_size", "ffn_inner_size", "inner_size", "train_batch_size",
-                     "eval_batch_size")
-
 
 def config_files(model_name, dataset, config_file_list=None):
     """The package's yaml for this model and dataset (when it has one), then the user's files."""
@@ -65,17 +60,7 @@ def check_config(config):
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if max_len is not None and int(max_len) < 1:
         raise UsageError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_len}")
-    for key in POSITIVE_INT_KEYS:
-        value = config[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise UsageError(f"{key} must be a positive integer, got {value!r}")
-    hidden, heads = config["hidden_size"], config["n_heads"]
-    if hidden and heads and not config["head_size"] and int(hidden) % int(heads):
-        raise UsageError(
-            f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): change one of them"
-            + (" or set head_size explicitly" if is_plugin_model(config["model"]) else "")
-        )
+    config_schema.validate(config)  # every key's type and range, and the sizes that must fit
     _check_dataset_files(config)
 
 

@@ -18,7 +18,7 @@ from recbole.utils import init_seed
 
 from recbole_hydra.data.dataset import GenerativeSequentialDataset
 from recbole_hydra.errors import UsageError
-from recbole_hydra.trainer import GenerativeTrainer
+from recbole_hydra.trainer import GenerativeTrainer, MultiDomainTrainer
 
 #: plugin model name -> the module that defines it (imported on first use)
 PLUGIN_MODELS = {
@@ -29,8 +29,8 @@ PLUGIN_MODELS = {
     "SASRecGen": "recbole_hydra.model.sasrec_gen",
 }
 
-#: plugin models whose trainer is not ``GenerativeTrainer``: "module:class"
-PLUGIN_TRAINERS = {"HydraMD": "recbole_hydra.model.hydra_md:MultiDomainTrainer"}
+#: plugin models whose trainer is not ``GenerativeTrainer``
+PLUGIN_TRAINERS = {"HydraMD": MultiDomainTrainer}
 
 
 def model_name(model):
@@ -80,10 +80,7 @@ def get_trainer(config):
     """The trainer class for ``config["model"]``."""
     name = config["model"]
     if is_plugin_model(name):
-        if name not in PLUGIN_TRAINERS:
-            return GenerativeTrainer
-        module, cls = PLUGIN_TRAINERS[name].split(":")
-        return getattr(importlib.import_module(module), cls)
+        return PLUGIN_TRAINERS.get(name, GenerativeTrainer)
     return recbole_get_trainer(config["MODEL_TYPE"], name)
 
 

@@ -81,7 +81,7 @@ class StreamingRecommender:
             self._check_items(s)
         lengths = torch.tensor([len(s) for s in seqs], device=device)
         padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        hidden, caches = self.model._forward_with_cache(padded, lengths)
+        hidden, caches = self.model.forward_with_caches(padded, lengths)
         last = hidden[torch.arange(len(seqs), device=device), lengths - 1]
         return StreamState(lengths, last, tuple(c.conv_state for c in caches), tuple(c.ssm_state for c in caches))
 
@@ -93,7 +93,7 @@ class StreamingRecommender:
             raise ValueError(f"update got {items.numel()} items for {state.position.numel()} users")
         self._check_items(items)
         caches = [Mamba2Cache(c, s) for c, s in zip(state.conv_states, state.ssm_states)]
-        hidden, caches = self.model._step(items, state.position, caches)
+        hidden, caches = self.model.step(items, state.position, caches)
         return StreamState(state.position + 1, hidden, tuple(c.conv_state for c in caches),
                            tuple(c.ssm_state for c in caches))
 
@@ -119,7 +119,7 @@ class StreamingRecommender:
     def scores(self, state: StreamState) -> torch.Tensor:
         """(b, n_items) scores, as ``Hydra.full_sort_predict`` over the whole history."""
         m = self.model
-        return similarity_scores(state.hidden, m._item_table(), m.similarity) / m.temperature
+        return similarity_scores(state.hidden, m.item_table(), m.similarity) / m.temperature
 
     @torch.no_grad()
     def topk(self, state: StreamState, k, exclude=None):

@@ -30,6 +30,7 @@ from recbole_hydra import compat
 from recbole_hydra.checkpoint import load_data_and_model
 from recbole_hydra.config import check_dataset, make_config
 from recbole_hydra.errors import UsageError
+from recbole_hydra.layers import kernels
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
 from recbole_hydra.trainer import record_history
 
@@ -54,7 +55,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, epo
 
 
 def train_and_test(config, saved=True, epoch_callback=None):
-    """``run`` from a built config (single-process, or one rank of a process group)."""
+    """``run`` from a built config (single-process, or one rank of a process group), with the
+    optional kernels on or off as ``use_kernels`` says (a process-wide switch, for this run)."""
+    with kernels.use(config["use_kernels"] is not False):
+        return _train_and_test(config, saved, epoch_callback)
+
+
+def _train_and_test(config, saved, epoch_callback):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -98,9 +105,11 @@ def evaluate_checkpoint(model_file, show_progress=True):
     """Re-evaluate a saved checkpoint on its own valid and test split."""
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
     trainer = get_trainer(config)(config, model)
-    valid_result = trainer.evaluate(valid_data, load_best_model=False,
-                                    show_progress=show_progress)
-    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=show_progress)
+    with kernels.use(config["use_kernels"] is not False):
+        valid_result = trainer.evaluate(valid_data, load_best_model=False,
+                                        show_progress=show_progress)
+        test_result = trainer.evaluate(test_data, load_best_model=False,
+                                       show_progress=show_progress)
     return {"best_valid_result": valid_result, "test_result": test_result,
             "model_file": model_file}
 

@@ -26,7 +26,7 @@ if shutil.which("c++") is None and shutil.which("g++") is None:  # the only reas
 def module():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed build must fail these tests, not fall back
-        built = kernels.cpu_kernels(True, torch.zeros(1))
+        built = kernels.cpu_kernels(torch.zeros(1))
     assert built is not None
     return built
 
@@ -83,7 +83,8 @@ def test_scan_without_autograd_same_with_and_without_kernels(length, chunk):
     B, C = torch.randn(b, length, g, n, dtype=F64), torch.randn(b, length, g, n, dtype=F64)
     with torch.no_grad():
         y, state = ssd_scan(x, dt, A, B, C, chunk, D=torch.ones(h, dtype=F64))
-        y_ref, state_ref = ssd_scan(x, dt, A, B, C, chunk, D=torch.ones(h, dtype=F64), use_kernels=False)
+        with kernels.disabled():
+            y_ref, state_ref = ssd_scan(x, dt, A, B, C, chunk, D=torch.ones(h, dtype=F64))
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, state_ref, rtol=1e-12, atol=1e-12)
 
@@ -95,12 +96,6 @@ BLOCKS = {
     "mamba1": lambda: Mamba1(8, d_state=4, dtype=F64),
     "hydra_layer": lambda: HydraLayer(8, 2, 4, 6, d_state=5, chunk_size=4).double(),
 }
-
-
-def _use_kernels(module, flag):
-    for m in module.modules():  # the block and its norm and FFN: each reads its own flag
-        if hasattr(m, "use_kernels"):
-            m.use_kernels = flag
 
 
 def _saved_bytes(fn, *args):
@@ -123,13 +118,13 @@ def test_block_outputs_and_gradients_same_with_and_without_kernels(name):
     u = torch.randn(2, 11, block.d_model if hasattr(block, "d_model") else 8, dtype=F64)
     results = []
     for use_kernels in (True, False):
-        _use_kernels(block, use_kernels)
         block.zero_grad()
         v = u.clone().requires_grad_()
-        out = block(v)
-        out.pow(2).sum().backward()
-        with torch.no_grad():
-            out_eval = block(u)
+        with kernels.use(use_kernels):
+            out = block(v)
+            out.pow(2).sum().backward()
+            with torch.no_grad():
+                out_eval = block(u)
         results.append([out, out_eval, v.grad] + [p.grad for p in block.parameters()])
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
@@ -148,16 +143,17 @@ def test_gated_norm_kernel_equals_pytorch_ops_both_directions(module, blocks, gr
     grad = torch.randn(3, 7, hidden, dtype=F64)
     results = []
     for use_kernels in (True, False):
-        norm.use_kernels, norm.weight.grad = use_kernels, None
+        norm.weight.grad = None
         xv, zv = x.clone().requires_grad_(), z_proj.clone().requires_grad_()
-        out = norm(xv, zv[..., :d_block])
-        out.backward(grad)
-        with torch.no_grad():
-            out_eval = norm(x, z_proj[..., :d_block])
+        with kernels.use(use_kernels):
+            out = norm(xv, zv[..., :d_block])
+            out.backward(grad)
+            with torch.no_grad():
+                out_eval = norm(x, z_proj[..., :d_block])
         results.append((out, out_eval, xv.grad, zv.grad, norm.weight.grad))
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
-    norm.use_kernels = True
+    assert kernels.enabled()
     assert torch.autograd.gradcheck(lambda a, b: norm(a, b), (x[:1, :3].clone().requires_grad_(),
                                                               x[:1, :3].clone().requires_grad_()))
 
@@ -168,13 +164,13 @@ def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
     x, grad = torch.randn(2, 9, 6, dtype=F64), torch.randn(2, 9, 6, dtype=F64)
     results = []
     for use_kernels in (True, False):
-        ffn.use_kernels = use_kernels
         ffn.zero_grad()
         xv = x.clone().requires_grad_()
-        out = ffn(xv)
-        out.backward(grad)
-        with torch.no_grad():
-            out_eval = ffn(x)
+        with kernels.use(use_kernels):
+            out = ffn(xv)
+            out.backward(grad)
+            with torch.no_grad():
+                out_eval = ffn(x)
         results.append([out, out_eval, xv.grad] + [p.grad for p in ffn.parameters()])
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
@@ -192,9 +188,8 @@ def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
     one_tensor = 4 * 50 * 32 * 4  # bytes of one (4, 50, 32) float32 tensor: x, or the FFN's inner size
     for m, args, fewer in ((norm, (x, z), 3), (ffn, (u,), 2)):
         with_kernels = _saved_bytes(m, *args)
-        m.use_kernels = False
-        without = _saved_bytes(m, *args)
-        m.use_kernels = True
+        with kernels.disabled():
+            without = _saved_bytes(m, *args)
         assert without - with_kernels >= (fewer - 0.1) * one_tensor, (type(m).__name__, with_kernels, without)
 
 
@@ -208,24 +203,31 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
     kernels._build.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="CPU kernels unavailable .*No such file.*use_kernels: False"):
-            assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+            assert kernels.cpu_kernels(torch.zeros(1)) is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # said once, not at every call
-            assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+            assert kernels.cpu_kernels(torch.zeros(1)) is None
             block = BLOCKS["latent"]()
             block(torch.randn(2, 7, block.d_model, dtype=F64)).sum().backward()  # PyTorch ops instead
     finally:
         kernels._build.cache_clear()
 
 
-def test_kernels_off_by_flag_environment_or_dtype(monkeypatch, module):
-    assert kernels.cpu_kernels(False, torch.zeros(1)) is None
-    assert kernels.cpu_kernels(True, torch.zeros(1, dtype=torch.bfloat16)) is None
+def test_kernels_off_by_switch_environment_or_dtype(monkeypatch, module):
+    with kernels.disabled():
+        assert not kernels.enabled() and kernels.cpu_kernels(torch.zeros(1)) is None
+    assert kernels.enabled()  # the previous setting is back after the block
+    kernels.set_enabled(False)
+    try:
+        assert kernels.cpu_kernels(torch.zeros(1)) is None
+    finally:
+        kernels.set_enabled(True)
+    assert kernels.cpu_kernels(torch.zeros(1, dtype=torch.bfloat16)) is None
     monkeypatch.setenv("RECBOLE_HYDRA_CPU_KERNELS", "0")
     kernels._build.cache_clear()
     try:
-        assert kernels.cpu_kernels(True, torch.zeros(1)) is None
+        assert kernels.cpu_kernels(torch.zeros(1)) is None
     finally:
         monkeypatch.delenv("RECBOLE_HYDRA_CPU_KERNELS")
         kernels._build.cache_clear()
-    assert kernels.cpu_kernels(True, torch.zeros(1)) is not None
+    assert kernels.cpu_kernels(torch.zeros(1)) is not None

@@ -15,7 +15,7 @@ LEVELS = [
     {"data"},
     {"model"},
     {"trainer"},
-    {"registry"},
+    {"registry", "config_schema"},
     {"config"},
     {"checkpoint"},
     {"training"},

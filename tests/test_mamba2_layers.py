@@ -269,8 +269,9 @@ def test_bad_configurations_raise_clear_errors():
 
 def test_kernels_not_touched_on_cpu():
     x = torch.zeros(1)
-    assert kernels.usable("mamba_chunk_scan_combined", True, x) is None
-    assert kernels.usable("causal_conv1d_fn", False, x) is None
+    assert kernels.usable("mamba_chunk_scan_combined", x) is None
+    with kernels.disabled():
+        assert kernels.usable("causal_conv1d_fn", x) is None
 
 
 def test_float32_forward_close_to_float64():
@@ -335,25 +336,28 @@ FAKES = {"causal_conv1d_fn": _fake_causal_conv1d_fn, "causal_conv1d_update": _fa
 @pytest.mark.parametrize("name", ["mamba2", "latent_multihead"])
 def test_kernel_path_glue_matches_pytorch_path(name, monkeypatch):
     reference = BLOCKS[name]()
-    block = BLOCKS[name](use_kernels=True)
+    block = BLOCKS[name]()
     block.load_state_dict(reference.state_dict())
-    reference.use_kernels = False
     calls = []
 
-    def fake_usable(kernel, enabled, tensor):
+    def fake_usable(kernel, tensor):
+        if not kernels.enabled():
+            return None
         calls.append(kernel)
-        return FAKES[kernel] if enabled else None
+        return FAKES[kernel]
 
     monkeypatch.setattr(kernels, "usable", fake_usable)
     u = inputs(block)
     tol = 1e-6  # the kernel path passes A in float32, as mamba-ssm does
     y, cache = block(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
-    y_ref, cache_ref = reference(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
+    with kernels.disabled():
+        y_ref, cache_ref = reference(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
     assert close(y[0], y_ref[0], tol) and close(y[1, :6], y_ref[1, :6], tol)
     assert close(cache.ssm_state, cache_ref.ssm_state, tol) and close(cache.conv_state, cache_ref.conv_state)
     before = cache.conv_state.clone(), cache.ssm_state.clone()
     y_t, _ = block.step(u[:, 9], cache)
-    y_t_ref, _ = reference.step(u[:, 9], cache_ref)
+    with kernels.disabled():
+        y_t_ref, _ = reference.step(u[:, 9], cache_ref)
     assert close(y_t, y_t_ref, tol)
     assert torch.equal(cache.conv_state, before[0]) and torch.equal(cache.ssm_state, before[1])  # not modified
     assert set(calls) == set(FAKES)

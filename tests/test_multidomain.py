@@ -18,11 +18,13 @@ from recbole.data import data_preparation
 from recbole_hydra.data import fetch as fetch_module
 from recbole_hydra.data.multidomain import MultiDomainError
 from recbole_hydra.model import hydra_md
-from recbole_hydra.model.hydra_md import HydraMD, MultiDomainTrainer, domain_table, sample_domain_negatives
+from recbole_hydra.model.hydra_md import HydraMD, sample_domain_negatives
 from recbole_hydra.config import make_config, PROPERTIES
 from recbole_hydra.errors import UsageError
 from recbole_hydra.quick_start import run
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
+from recbole_hydra.trainer import MultiDomainTrainer
+from recbole_hydra.trainer.multidomain import domain_table
 from tests.conftest import quiet_config, write_domains
 
 TINY = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=4, num_negatives=8,

@@ -1,7 +1,7 @@
 """Causal depthwise conv over time followed by SiLU: the conv of Mamba-1 and Mamba-2 blocks.
 
 ``causal_conv_silu`` runs the compiled CPU kernel (``recbole_hydra/csrc/causal_conv_silu.cpp``)
-when it is enabled and builds, else ``_CausalConvSiLU`` (PyTorch ops). Both take channels last,
+when kernels are enabled and it builds, else ``_CausalConvSiLU`` (PyTorch ops). Both take channels last,
 ``x (b, l, *channels)``, as the blocks' input projections produce them (strided views: no copy).
 """
 
@@ -16,13 +16,13 @@ from . import kernels
 __all__ = ["causal_conv_silu"]
 
 
-def causal_conv_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor], use_kernels: bool = True) -> Tensor:
+def causal_conv_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``SiLU(bias + sum_k weight[..., k] x_{t - (K-1) + k})`` with ``x_s = 0`` before the start:
     ``x (b, l, *channels)`` (any strides, at most two channel dimensions for the kernel),
     ``weight (*channels, K)``, ``bias (*channels)`` or ``None``."""
     if bias is None:
         bias = weight.new_zeros(weight.shape[:-1])
-    module = kernels.cpu_kernels(use_kernels, x)
+    module = kernels.cpu_kernels(x)
     if module is not None and x.dim() <= 4:
         return _CausalConvSiLUCpu.apply(x, weight, bias, module)
     return _CausalConvSiLU.apply(x, weight, bias)

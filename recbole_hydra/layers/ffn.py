@@ -10,20 +10,20 @@ from . import kernels
 class SwiGLU(nn.Module):
     """Llama's gated FFN, ``W_down(SiLU(W_gate x) * W_up x)`` without bias.
 
-    Hydra eq 11 prints ``W_up W_down`` back to back (garbled); NOTES.md fixes this reading.
-    ``use_kernels``: on CPU, the two input projections as one product and the element-wise middle
-    by the compiled kernel (``_SwiGLUCpu``), when it builds; ``False``: PyTorch ops only.
+    Hydra eq 11 prints ``W_up W_down`` back to back (garbled); docs/paper-reading.md fixes this
+    reading. On CPU, with kernels enabled (``recbole_hydra.layers.kernels``), the two input
+    projections run as one product and the element-wise middle by the compiled kernel
+    (``_SwiGLUCpu``), when it builds.
     """
 
-    def __init__(self, d_model, inner_size, use_kernels=True):
+    def __init__(self, d_model, inner_size):
         super().__init__()
         self.w_gate = nn.Linear(d_model, inner_size, bias=False)
         self.w_up = nn.Linear(d_model, inner_size, bias=False)
         self.w_down = nn.Linear(inner_size, d_model, bias=False)
-        self.use_kernels = use_kernels
 
     def forward(self, x):
-        module = kernels.cpu_kernels(self.use_kernels, x)
+        module = kernels.cpu_kernels(x)
         if module is not None and x.dtype == self.w_gate.weight.dtype:
             return _SwiGLUCpu.apply(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, module)
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))

@@ -37,7 +37,7 @@ class HydraLayer(nn.Module):
         self.latent_mamba = MultiHeadLatentMamba2(n_heads, head_size, **mamba_kwargs)
         self.w_out = nn.Linear(latent, hidden_size, bias=False)
         self.ffn_norm = RMSNorm(hidden_size)
-        self.ffn = SwiGLU(hidden_size, ffn_inner_size, use_kernels=mamba_kwargs.get("use_kernels", True))
+        self.ffn = SwiGLU(hidden_size, ffn_inner_size)
         self.dropout = nn.Dropout(hidden_dropout_prob)
 
     def forward(self, h, lengths=None, return_cache=False):

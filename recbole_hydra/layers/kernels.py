@@ -6,9 +6,15 @@ missing or fails to load. On CPU, ``cpu_kernels(...)`` compiles ``recbole_hydra/
 once per machine with PyTorch's JIT extension builder (a C++ compiler and ninja, ~30 s the first
 time, cached under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and returns
 ``None`` when that is impossible, with one warning line saying why. Callers use their PyTorch
-path on ``None``; ``use_kernels: False`` (or ``RECBOLE_HYDRA_CPU_KERNELS=0``) forces it.
+path on ``None``.
+
+Whether kernels are used at all is one setting of the process, not of each layer: the config
+layer calls ``set_enabled(config["use_kernels"])``, and ``use(flag)`` / ``disabled()`` switch it
+for a block of code (tests comparing the kernel and PyTorch paths). ``RECBOLE_HYDRA_CPU_KERNELS=0``
+turns the CPU kernels off whatever the switch says.
 """
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -22,14 +28,20 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["load", "usable", "cpu_kernels"]
+__all__ = ["set_enabled", "enabled", "use", "disabled", "load", "usable", "cpu_kernels"]
 
+_SELECTIVE_SCAN = "mamba_ssm.ops.selective_scan_interface"
 _WHERE = {
     "mamba_chunk_scan_combined": "mamba_ssm.ops.triton.ssd_combined",
     "selective_state_update": "mamba_ssm.ops.triton.selective_state_update",
     "causal_conv1d_fn": "causal_conv1d",
     "causal_conv1d_update": "causal_conv1d",
+    "selective_scan_fn": _SELECTIVE_SCAN,
+    "mamba_inner_fn": _SELECTIVE_SCAN,
 }
+# a kernel that is defined but only works when its module could also import this attribute
+# (mamba-ssm sets ``causal_conv1d_cuda = None`` when causal-conv1d is missing)
+_NEEDS = {"mamba_inner_fn": "causal_conv1d_cuda"}
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp", "gated_rms_norm.cpp", "swiglu.cpp")
 # -march=native: the build is per machine (the name below includes the CPU); -ffast-math at
@@ -37,18 +49,56 @@ _SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp", "gated_r
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
-@functools.lru_cache(maxsize=None)
-def load(name: str) -> Optional[Callable]:
-    """The kernel ``name`` (one of ``_WHERE``), or ``None`` if its package cannot be imported."""
+_enabled = True
+
+
+def set_enabled(flag: bool) -> None:
+    """Use the optional kernels (``True``, the default) or PyTorch ops only (``False``), process-wide."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def enabled() -> bool:
+    """Whether the optional kernels may be used (``set_enabled``)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def use(flag: bool):
+    """``set_enabled(flag)`` inside the ``with`` block, the previous setting after it."""
+    previous = _enabled
+    set_enabled(flag)
     try:
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        yield
+    finally:
+        set_enabled(previous)
+
+
+def disabled():
+    """``use(False)``: PyTorch ops only inside the ``with`` block."""
+    return use(False)
+
+
+@functools.lru_cache(maxsize=None)
+def _module(path: str):
+    try:
+        return importlib.import_module(path)
     except Exception:  # ImportError, or an extension built for another torch/CUDA
         return None
 
 
-def usable(name: str, enabled: bool, tensor: Tensor) -> Optional[Callable]:
-    """The kernel when ``enabled``, ``tensor`` is on CUDA and the kernel loads; else ``None``."""
-    if not enabled or not tensor.is_cuda:
+@functools.lru_cache(maxsize=None)
+def load(name: str) -> Optional[Callable]:
+    """The kernel ``name`` (one of ``_WHERE``), or ``None`` if its package cannot be imported."""
+    module = _module(_WHERE[name])
+    if module is None or (name in _NEEDS and getattr(module, _NEEDS[name], None) is None):
+        return None
+    return getattr(module, name, None)
+
+
+def usable(name: str, tensor: Tensor) -> Optional[Callable]:
+    """The kernel when kernels are enabled, ``tensor`` is on CUDA and the kernel loads; else ``None``."""
+    if not _enabled or not tensor.is_cuda:
         return None
     return load(name)
 
@@ -97,9 +147,9 @@ def _build():
         return None
 
 
-def cpu_kernels(enabled: bool, tensor: Tensor):
-    """The compiled CPU kernels module when ``enabled`` and ``tensor`` is a float32 or float64
-    CPU tensor; else (or when they cannot be built) ``None``."""
-    if not enabled or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+def cpu_kernels(tensor: Tensor):
+    """The compiled CPU kernels module when kernels are enabled and ``tensor`` is a float32 or
+    float64 CPU tensor; else (or when they cannot be built) ``None``."""
+    if not _enabled or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
         return None
     return _build()

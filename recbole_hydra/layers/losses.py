@@ -11,10 +11,12 @@ import torch.nn.functional as F
 SIMILARITIES = ("cosine", "dot")
 
 
-def _scores_space(x, similarity):
-    # With tau as small as 0.05, raw dot products overflow the softmax: HSTU and HLLM L2-normalise
-    # both sides (cosine), which bounds every logit to [-1/tau, 1/tau]. Half types (autocast)
-    # are scored in float32.
+def scoring_space(x, similarity):
+    """``x (..., d)`` as it enters a score under ``similarity``: L2-normalised for ``cosine``, as it
+    is for ``dot``; half types (autocast) in float32.
+
+    With tau as small as 0.05, raw dot products overflow the softmax: HSTU and HLLM L2-normalise
+    both sides (cosine), which bounds every logit to [-1/tau, 1/tau]."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -24,12 +26,12 @@ def _scores_space(x, similarity):
 
 def similarity_scores(query, items, similarity):
     """(N, d) x (M, d) -> (N, M) cosine or dot scores, in float32."""
-    return _scores_space(query, similarity) @ _scores_space(items, similarity).T
+    return scoring_space(query, similarity) @ scoring_space(items, similarity).T
 
 
 def paired_similarity(query, items, similarity):
     """(N, d), (N, d) -> (N,): the score of row i against item i."""
-    return (_scores_space(query, similarity) * _scores_space(items, similarity)).sum(-1)
+    return (scoring_space(query, similarity) * scoring_space(items, similarity)).sum(-1)
 
 
 def sampled_softmax_loss(query, pos_emb, neg_emb, temperature, similarity="cosine", neg_mask=None):
@@ -43,9 +45,9 @@ def sampled_softmax_loss(query, pos_emb, neg_emb, temperature, similarity="cosin
     position): 1/tau is folded into the (N, d) query, the mask is applied in place, and the
     softmax is PyTorch's fused cross-entropy with the positive in column 0.
     """
-    query = _scores_space(query, similarity) / temperature
-    pos_logit = (query * _scores_space(pos_emb, similarity)).sum(-1, keepdim=True)
-    neg_logits = query @ _scores_space(neg_emb, similarity).T
+    query = scoring_space(query, similarity) / temperature
+    pos_logit = (query * scoring_space(pos_emb, similarity)).sum(-1, keepdim=True)
+    neg_logits = query @ scoring_space(neg_emb, similarity).T
     if neg_mask is not None:
         neg_logits = neg_logits.masked_fill_(neg_mask, float("-inf"))
     logits = torch.cat([pos_logit, neg_logits], dim=-1)

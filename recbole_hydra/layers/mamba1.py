@@ -13,14 +13,13 @@ S4D-real), ``D = 1``, ``dt_proj.weight ~ U(-dt_rank^-0.5, dt_rank^-0.5) * dt_sca
 linear layers PyTorch's default. ``A_log`` and ``D`` carry ``_no_weight_decay``, ``dt_proj.bias``
 ``_no_reinit``, as there.
 
-On CUDA with ``use_kernels``, mamba-ssm's fused ``mamba_inner_fn`` (when causal-conv1d is
-installed) or its ``selective_scan_fn`` is used; mamba-ssm is only imported then, on first use.
+On CUDA with kernels enabled (``recbole_hydra.layers.kernels``), mamba-ssm's fused
+``mamba_inner_fn`` (when causal-conv1d is installed) or its ``selective_scan_fn`` is used;
+mamba-ssm is only imported then, on first use.
 Everywhere else the scan is ``recbole_hydra.layers.selective_scan`` (pure PyTorch) and the conv
 ``recbole_hydra.layers.conv`` (our compiled CPU kernel when it builds, else PyTorch ops).
 """
 
-import functools
-import importlib
 import math
 
 import torch
@@ -30,29 +29,14 @@ from torch import Tensor, nn
 from . import kernels
 from .conv import causal_conv_silu
 from .selective_scan import DEFAULT_CHUNK_SIZE, selective_scan_bld
+from .ssm_init import dt_bias_init
 
 __all__ = ["Mamba1"]
-
-
-@functools.lru_cache(maxsize=None)
-def _selective_scan_interface():
-    """mamba-ssm's ``selective_scan_interface`` module, or None when it cannot be imported."""
-    try:
-        return importlib.import_module("mamba_ssm.ops.selective_scan_interface")
-    except Exception:  # not installed, or built for another torch / CUDA
-        return None
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
     # the scan's parameters stay in float32 under half precision (as mamba-ssm), float64 in float64
     return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def _cuda_ops(enabled: bool, tensor: Tensor):
-    """mamba-ssm's selective-scan ops when ``enabled``, ``tensor`` is on CUDA and they load."""
-    if not enabled or not tensor.is_cuda:
-        return None
-    return _selective_scan_interface()
 
 
 class Mamba1(nn.Module):
@@ -73,18 +57,15 @@ class Mamba1(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        use_kernels: bool = True,
         device=None,
         dtype=None,
     ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        self.chunk_size = chunk_size
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(
@@ -103,9 +84,7 @@ class Mamba1(nn.Module):
                 nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
             else:
                 raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-            log_dt = torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
-            dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, device=device))
         self.dt_proj.bias._no_reinit = True
 
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
@@ -117,22 +96,23 @@ class Mamba1(nn.Module):
     def _conv(self, x: Tensor) -> Tensor:
         """Causal depthwise conv over time + SiLU; ``(b, l, d_inner)`` in and out."""
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, x)
+        conv_fn = kernels.usable("causal_conv1d_fn", x)
         if conv_fn is not None:
             return conv_fn(x.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
-        return causal_conv_silu(x, weight, self.conv1d.bias, self.use_kernels)
+        return causal_conv_silu(x, weight, self.conv1d.bias)
 
     def forward(self, u: Tensor) -> Tensor:
         A = -torch.exp(_at_least_float32(self.A_log))  # (d_inner, d_state)
-        ops = _cuda_ops(self.use_kernels, u)
-        if ops is not None and getattr(ops, "causal_conv1d_cuda", None) is not None:
-            return self._forward_fused(u, A, ops)
+        fused = kernels.usable("mamba_inner_fn", u)  # only when causal-conv1d is installed too
+        if fused is not None:
+            return self._forward_fused(u, A, fused)
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d_inner) each
         x = self._conv(x)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # its bias is added inside the scan, in float32
-        if ops is not None:
-            y = ops.selective_scan_fn(
+        scan_fn = kernels.usable("selective_scan_fn", u)
+        if scan_fn is not None:
+            y = scan_fn(
                 x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2).contiguous(),
                 C.transpose(1, 2).contiguous(), _at_least_float32(self.D), z=z.transpose(1, 2),
                 delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,
@@ -145,10 +125,10 @@ class Mamba1(nn.Module):
             )
         return self.out_proj(y)
 
-    def _forward_fused(self, u: Tensor, A: Tensor, ops) -> Tensor:
+    def _forward_fused(self, u: Tensor, A: Tensor, mamba_inner_fn) -> Tensor:
         """mamba-ssm's fast path: projections, conv and scan in one fused autograd function."""
         xz = self.in_proj(u).transpose(1, 2)  # (b, 2 d_inner, l)
-        return ops.mamba_inner_fn(
+        return mamba_inner_fn(
             xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
             self.out_proj.weight, self.out_proj.bias, A, None, None, _at_least_float32(self.D),
             delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,

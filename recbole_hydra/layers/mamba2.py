@@ -22,7 +22,6 @@ and ``nheads`` count all heads: conv channels are x of all heads, then B, then C
 Mamba2 with all heads and groups), SSD heads head after head.
 """
 
-import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,6 +32,7 @@ from . import kernels
 from .conv import causal_conv_silu
 from .norms import GatedRMSNorm
 from .ssd import ssd_final_state, ssd_scan, ssd_step
+from .ssm_init import dt_bias_init
 
 __all__ = ["Mamba2", "MultiHeadLatentMamba2", "Mamba2Cache"]
 
@@ -40,13 +40,6 @@ __all__ = ["Mamba2", "MultiHeadLatentMamba2", "Mamba2Cache"]
 class Mamba2Cache(NamedTuple):
     conv_state: Tensor  # (b, conv_dim, d_conv): last d_conv conv inputs, oldest first
     ssm_state: Tensor  # (b, nheads, headdim, d_state)
-
-
-def _dt_bias_init(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, **factory) -> Tensor:
-    """softplus^-1 of dt ~ log-uniform in [dt_min, dt_max] (floored), as mamba-ssm."""
-    dt = torch.exp(torch.rand(nheads, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
 
 
 def _A_log_init(nheads: int, A_init_range: Tuple[float, float], device=None, dtype=None) -> Tensor:
@@ -79,7 +72,6 @@ class _Mamba2Mixer(nn.Module):
     d_state: int
     d_conv: int
     chunk_size: int
-    use_kernels: bool
 
     def _init_mixer(self, A_init_range, dt_min, dt_max, dt_init_floor, device, dtype) -> None:
         factory = {"device": device, "dtype": dtype}
@@ -90,14 +82,14 @@ class _Mamba2Mixer(nn.Module):
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1, bias=True, **factory
         )
-        self.dt_bias = nn.Parameter(_dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory))
+        self.dt_bias = nn.Parameter(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory))
         self.A_log = nn.Parameter(_A_log_init(self.nheads, A_init_range, device=device, dtype=dtype))
         self.D = nn.Parameter(torch.ones(self.nheads, **factory))
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True  # as mamba-ssm
         # one norm group per B/C group of each block: never across two latent heads
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block,
-                                 use_kernels=self.use_kernels, **factory)
+                                 **factory)
         # conv channel c of block i's [x, B, C] is channel _block_order[i, c] of conv1d
         gn = self.ngroups_block * self.d_state
         x_ch = torch.arange(self.d_inner).view(self.n_blocks, self.d_inner_block)
@@ -140,12 +132,12 @@ class _Mamba2Mixer(nn.Module):
         """Causal depthwise conv over time + SiLU of ``xBC (b, l, n_blocks, conv channels of a
         block)``, in one call; returns x, B, C, each ``(b, l, n_blocks, size)``."""
         weight, bias = self._conv_params_by_block()
-        conv_fn = kernels.usable("causal_conv1d_fn", self.use_kernels, xBC)
+        conv_fn = kernels.usable("causal_conv1d_fn", xBC)
         if conv_fn is not None:
             flat = xBC.reshape(*xBC.shape[:2], -1).transpose(1, 2)  # (b, channels, l), channels last in memory
             out = conv_fn(flat, weight.flatten(0, 1), bias.flatten(), activation="silu").transpose(1, 2)
             return self._split_xBC(out.contiguous().view(xBC.shape))  # channels last, as the scan kernel wants
-        return self._split_xBC(causal_conv_silu(xBC, weight, bias, self.use_kernels))
+        return self._split_xBC(causal_conv_silu(xBC, weight, bias))
 
     def _conv_state(self, parts: Sequence[Tensor], lengths: Optional[Tensor]) -> Tensor:
         """The last ``d_conv`` conv inputs before position ``lengths`` (zeros before the start)."""
@@ -161,13 +153,12 @@ class _Mamba2Mixer(nn.Module):
 
     def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
               return_final_state: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        scan_fn = kernels.usable("mamba_chunk_scan_combined", self.use_kernels, x)
+        scan_fn = kernels.usable("mamba_chunk_scan_combined", x)
         if scan_fn is not None:
             out = scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D,
                           return_final_states=return_final_state)
             return out if return_final_state else (out, None)
-        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state,
-                        use_kernels=self.use_kernels)
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -194,8 +185,7 @@ class _Mamba2Mixer(nn.Module):
         x = x.reshape(batch, length, self.nheads, self.headdim)
         if torch.is_grad_enabled():
             # x is a view of the conv output, which also holds B and C; the scan keeps x for
-            # backward, and a copy lets the conv output go (-26 MB per Hydra layer per ml-1m
-            # training step at length 200, for one copy of x).
+            # backward, and a copy of x alone lets the larger conv output be freed.
             x = x.contiguous()
         y, ssm_state = self._scan(
             x,
@@ -226,7 +216,7 @@ class _Mamba2Mixer(nn.Module):
             raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
         batch, length, _ = u.shape
         lengths = self._check_lengths(lengths, batch, length, u.device)
-        if kernels.usable("mamba_chunk_scan_combined", self.use_kernels, u) is not None:
+        if kernels.usable("mamba_chunk_scan_combined", u) is not None:
             return self.forward(u, lengths)[torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)]
         # The last position needs z and C only there (C through the conv: its last d_conv inputs),
         # x, B and dt everywhere: project each set of columns on the rows that need it.
@@ -238,7 +228,7 @@ class _Mamba2Mixer(nn.Module):
         u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(u.dtype)  # 0 before the start
         z_C = self._in_proj(u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)])  # (b, d_conv, n_blocks, di + gn)
         weight, bias = self._conv_params_by_block()
-        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn], self.use_kernels).split([di, gn], dim=-1)
+        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn]).split([di, gn], dim=-1)
         C_t = F.silu(bias[:, di + gn:] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn:]).sum(-1))  # (b, n_blocks, gn)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
         dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(is_pad[:, :, None], 0.0)
@@ -265,7 +255,7 @@ class _Mamba2Mixer(nn.Module):
         x, B, C = self._split_xBC(xBC_in)
         xBC = torch.cat([x.flatten(1), B.flatten(1), C.flatten(1)], dim=-1)  # (b, conv_dim)
         weight = self.conv1d.weight.squeeze(1)
-        conv_update = kernels.usable("causal_conv1d_update", self.use_kernels, u_t)
+        conv_update = kernels.usable("causal_conv1d_update", u_t)
         if conv_update is not None:
             conv_state = cache.conv_state.clone()  # the kernel updates in place
             xBC = conv_update(xBC, conv_state, weight, self.conv1d.bias, "silu")
@@ -277,7 +267,7 @@ class _Mamba2Mixer(nn.Module):
         B, C = (t.T.reshape(batch, self.ngroups, self.d_state) for t in (B, C))
         dt = F.softplus(dt_raw.reshape(batch, self.nheads) + self.dt_bias)
         A = self._A()
-        state_update = kernels.usable("selective_state_update", self.use_kernels, u_t)
+        state_update = kernels.usable("selective_state_update", u_t)
         if state_update is not None:
             ssm_state = cache.ssm_state.clone()  # the kernel updates in place
             p, n = self.headdim, self.d_state
@@ -332,8 +322,8 @@ def _sizes(d_model: int, expand: int, headdim: int, ngroups: int, d_state: int, 
 class Mamba2(_Mamba2Mixer):
     """Mamba-2 block (mamba-ssm's ``Mamba2`` arguments, initialisation and parameter names).
 
-    ``use_kernels``: on CUDA, use mamba-ssm / causal-conv1d kernels when they are installed;
-    ``False`` forces the PyTorch path (which runs anywhere).
+    On CUDA, with kernels enabled (``recbole_hydra.layers.kernels``), mamba-ssm / causal-conv1d
+    kernels run when they are installed; elsewhere the PyTorch path (which runs anywhere).
     """
 
     def __init__(
@@ -349,7 +339,6 @@ class Mamba2(_Mamba2Mixer):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
-        use_kernels: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -357,7 +346,7 @@ class Mamba2(_Mamba2Mixer):
         self.d_inner_block, self.nheads_block = _sizes(d_model, expand, headdim, ngroups, d_state, d_conv, chunk_size)
         self.n_blocks, self.ngroups_block = 1, ngroups
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.headdim, self.chunk_size, self.use_kernels = headdim, chunk_size, use_kernels
+        self.headdim, self.chunk_size = headdim, chunk_size
         self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
         factory = {"device": device, "dtype": dtype}
         # in_proj output order: [z, x, B, C, dt]
@@ -387,8 +376,8 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
     conv over the x channels of all heads, then B, then C; ``dt_bias``, ``A_log``, ``D`` and
     ``norm.weight`` head after head. ``from_blocks`` builds one from v ``Mamba2`` blocks.
 
-    The default ``chunk_size=64`` was the fastest in the CPU sweep of
-    ``benchmarks/results/ssd_block.md``.
+    The default ``chunk_size=64`` balances the quadratic within-chunk part against the number of
+    chunk states on CPU (``benchmarks/ssd_block.py`` sweeps it).
     """
 
     def __init__(
@@ -401,7 +390,6 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         headdim: Optional[int] = None,
         ngroups: int = 1,
         chunk_size: int = 64,
-        use_kernels: bool = True,
         A_init_range: Tuple[float, float] = (1, 16),
         dt_min: float = 0.001,
         dt_max: float = 0.1,
@@ -418,7 +406,7 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         self.d_head, self.ngroups_block = d_head, ngroups
         self.d_model = n_heads * d_head
         self.d_state, self.d_conv, self.expand, self.headdim = d_state, d_conv, expand, headdim
-        self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        self.chunk_size = chunk_size
         self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
         factory = {"device": device, "dtype": dtype}
         self.d_in_proj_block = 2 * self.d_inner_block + 2 * ngroups * d_state + self.nheads_block
@@ -439,8 +427,7 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
         # Two products, not one split into three: the conv's channels come out as their own tensor
         # (not a strided slice), and backward adds two small input gradients instead of
-        # concatenating three output gradients into a (tokens, v, d_in_proj) tensor (-6 % per
-        # training step, -10 % per evaluation, ml-1m, length 50 and 200).
+        # concatenating three output gradients into a (tokens, v, d_in_proj) tensor.
         d_inner, nheads, end = self.d_inner_block, self.nheads_block, self.d_in_proj_block
         xBC = self._in_proj(u, [(d_inner, end - nheads)])
         z, dt = self._in_proj(u, [(0, d_inner), (end - nheads, end)]).split([d_inner, nheads], dim=-1)
@@ -456,11 +443,11 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
 
     @classmethod
     def from_blocks(
-        cls, blocks: Sequence[Mamba2], chunk_size: Optional[int] = None, use_kernels: Optional[bool] = None
+        cls, blocks: Sequence[Mamba2], chunk_size: Optional[int] = None
     ) -> "MultiHeadLatentMamba2":
         """The batched module computing ``concat(blocks[i](X_i))``, with the blocks' weights copied.
 
-        ``chunk_size``/``use_kernels`` default to the first block's.
+        ``chunk_size`` defaults to the first block's.
         """
         blocks = list(blocks)
         if not blocks or not all(isinstance(b, Mamba2) for b in blocks):
@@ -476,7 +463,6 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             len(blocks), first.d_model, d_state=first.d_state, d_conv=first.d_conv, expand=first.expand,
             headdim=first.headdim, ngroups=first.ngroups_block,
             chunk_size=first.chunk_size if chunk_size is None else chunk_size,
-            use_kernels=first.use_kernels if use_kernels is None else use_kernels,
             device=first.D.device, dtype=first.D.dtype,
         )
         with torch.no_grad():

@@ -36,7 +36,6 @@ class GatedRMSNorm(nn.Module):
         hidden_size: int,
         eps: float = 1e-5,
         group_size: Optional[int] = None,
-        use_kernels: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -50,14 +49,13 @@ class GatedRMSNorm(nn.Module):
         self.hidden_size = hidden_size
         self.group_size = group_size
         self.eps = eps
-        self.use_kernels = use_kernels
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, z: Optional[Tensor] = None) -> Tensor:
         """``x (..., hidden_size)``; ``z`` the gate, of x's shape or of any shape with the same
         elements in the same order (e.g. ``(..., heads, channels per head)``, so that a strided
         column slice needs no copy)."""
-        module = kernels.cpu_kernels(self.use_kernels, x) if z is not None else None
+        module = kernels.cpu_kernels(x) if z is not None else None
         if module is not None and z.dtype == x.dtype == self.weight.dtype:
             return _GatedRMSNormCpu.apply(x, z, self.weight, self.group_size, self.eps, module)
         if z is not None:

@@ -94,13 +94,13 @@ class _DiagonalBlocks(torch.autograd.Function):
         return grad_a_cum.to(ctx.a_dtype), grad_B, grad_C, grad_x_dt
 
 
-def _diagonal_blocks(a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor, use_kernels: bool) -> Tensor:
+def _diagonal_blocks(a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor) -> Tensor:
     """Step 1 of ``ssd_scan``. Without autograd (evaluation, serving) by the compiled CPU kernel
     when enabled and built (``recbole_hydra/csrc/ssd_diagonal.cpp``: each (batch, chunk, group)
     block's ``C B^T`` and mask stay in a cache-sized scratch, never a batch-sized tensor); for
     training by ``_DiagonalBlocks``, whose batched backward measured faster than a fused one."""
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (a_cum, B, C, x_dt))
-    module = None if needs_grad else kernels.cpu_kernels(use_kernels, x_dt)
+    module = None if needs_grad else kernels.cpu_kernels(x_dt)
     if module is not None and a_cum.dtype == B.dtype == C.dtype == x_dt.dtype:
         shape, (q, n) = x_dt.shape, B.shape[-2:]  # x_dt (b,c,g,r,q,p) -> (b*c*g, r, q, p), ...
         return module.ssd_diagonal_forward(
@@ -151,7 +151,6 @@ def ssd_scan(
     D: Optional[Tensor] = None,
     initial_state: Optional[Tensor] = None,
     return_final_state: bool = True,
-    use_kernels: bool = True,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Run the SSD recurrence over a whole sequence with the chunked algorithm.
 
@@ -166,8 +165,9 @@ def ssd_scan(
         initial_state: optional ``(b, h, p, n)`` state before the first position.
         return_final_state: ``False`` returns ``None`` for the state and, when the sequence fits
             in one chunk and there is no initial state, skips the chunk-state steps 2-4 altogether.
-        use_kernels: on CPU and without autograd, the diagonal blocks (step 1) by the compiled
-            kernel of ``recbole_hydra.layers.kernels`` when it builds; ``False``: PyTorch ops only.
+
+    On CPU and without autograd, the diagonal blocks (step 1) run on the compiled kernel of
+    ``recbole_hydra.layers.kernels`` when kernels are enabled and it builds.
 
     Returns:
         ``y (b, l, h, p)`` and the state after the last position, ``(b, h, p, n)``.
@@ -202,7 +202,7 @@ def ssd_scan(
     C = C.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()
 
     # 1. Diagonal blocks: inside a chunk, the quadratic (masked attention) form y = (L o C B^T) x.
-    y = _diagonal_blocks(a_cum, B, C, x_dt, use_kernels)  # (b,c,g,r,q,p)
+    y = _diagonal_blocks(a_cum, B, C, x_dt)  # (b,c,g,r,q,p)
     if not (enters_state or return_final_state):
         return _finish(y, x, D, length), None
 

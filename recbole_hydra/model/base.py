@@ -19,7 +19,6 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_hydra.layers.losses import (
-    SIMILARITIES,
     full_softmax_loss,
     history_membership,
     paired_similarity,
@@ -27,8 +26,6 @@ from recbole_hydra.layers.losses import (
     sampled_softmax_loss,
     similarity_scores,
 )
-from recbole_hydra.data.dataset import TRAIN_MODES
-
 LOSS_TYPES = ("InfoNCE", "CE")
 
 
@@ -37,23 +34,14 @@ class GenerativeSequentialRecommender(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.train_mode = config["train_mode"] or "generative"
+        # values checked once, when the config is built (recbole_hydra.config_schema)
+        self.train_mode = config["train_mode"]
         self.loss_type = config["loss_type"]
-        self.similarity = config["similarity"] or "dot"
-        self.temperature = float(config["temperature"] or 1.0)
-        self.num_negatives = int(config["num_negatives"] or 0)
-        self.exclude_history_negatives = bool(config["exclude_history_negatives"])
-        self.eval_tokens_per_pass = int(config["eval_tokens_per_pass"] or 8192)
-        if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.loss_type == "InfoNCE" and self.num_negatives < 1:
-            raise ValueError("loss_type: InfoNCE needs num_negatives >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.similarity = config["similarity"]
+        self.temperature = float(config["temperature"])
+        self.num_negatives = int(config["num_negatives"])
+        self.exclude_history_negatives = config["exclude_history_negatives"]
+        self.eval_tokens_per_pass = int(config["eval_tokens_per_pass"])
 
     # -- what subclasses may override -------------------------------------------------------
     def _forward_inputs(self, interaction):
@@ -105,10 +93,10 @@ class GenerativeSequentialRecommender(SequentialRecommender):
     # -- helpers ------------------------------------------------------------------------------
     def _scoring_queries(self, interaction):
         """``_last_hidden`` of the batch; without autograd, in blocks of about
-        ``eval_tokens_per_pass`` tokens. Same result; on CPU the intermediates of a 1024-user
-        evaluation batch are hundreds of MB, and glibc hands each such block back to the kernel on
-        free, so every op page-faults its output in again: blocks of 8k tokens ran 2.5-3.5x faster
-        at length 200 (benchmarks/results/everyday.md)."""
+        ``eval_tokens_per_pass`` tokens. Same result, faster on CPU: the intermediates of a whole
+        evaluation batch are hundreds of MB, and glibc hands each allocation that large back to
+        the kernel on free, so every op page-faults its output in again; with blocks of a few
+        thousand tokens far less of that happens."""
         batch, length = interaction[self.ITEM_SEQ].shape
         rows = max(1, self.eval_tokens_per_pass // max(length, 1))
         if torch.is_grad_enabled() or batch <= rows:

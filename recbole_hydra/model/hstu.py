@@ -104,35 +104,36 @@ class HSTU(GenerativeSequentialRecommender):
         hidden_size = config["hidden_size"]
         n_heads = config["n_heads"]
         n_layers = config["n_layers"]
-        if n_layers < 1 or n_heads < 1:
-            raise ValueError(f"n_layers and n_heads must be >= 1, got {n_layers}, {n_heads}")
-        attention_dim = config["attention_dim"] or self._per_head(hidden_size, n_heads, "attention_dim")
-        linear_dim = config["linear_dim"] or self._per_head(hidden_size, n_heads, "linear_dim")
+        # ~ = one head's share of hidden_size, then divisible by n_heads (config_schema)
+        attention_dim = config["attention_dim"]
+        if attention_dim is None:
+            attention_dim = hidden_size // n_heads
+        linear_dim = config["linear_dim"]
+        if linear_dim is None:
+            linear_dim = hidden_size // n_heads
         self.hidden_size = hidden_size
-        self.time_query = config["time_query"] or "current"
-        if self.time_query not in TIME_QUERIES:
-            raise ValueError(f"time_query must be one of {TIME_QUERIES}, got {self.time_query!r}")
-        self.num_time_buckets = int(config["num_time_buckets"] or 128)
-        self.time_bucket_divisor = float(config["time_bucket_divisor"] or 0.301)
+        self.time_query = config["time_query"]
+        self.num_time_buckets = config["num_time_buckets"]
+        self.time_bucket_divisor = float(config["time_bucket_divisor"])
         time_field = getattr(dataset, "time_field", None)
-        self.use_time = bool(config["time_bias"] is not False and time_field is not None
+        self.use_time = bool(config["time_bias"] and time_field is not None
                              and time_field in dataset.field2type)
         self.TIME_FIELD = time_field
         self.TIME_SEQ = f"{time_field}{config['LIST_SUFFIX']}" if time_field else None
 
         self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, hidden_size)
-        self.emb_dropout = nn.Dropout(config["dropout_prob"] or 0.0)
+        self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.layers = nn.ModuleList(
             HSTULayer(
                 hidden_size,
                 n_heads,
                 attention_dim,
                 linear_dim,
-                dropout_prob=config["hidden_dropout_prob"] or 0.0,
+                dropout_prob=config["hidden_dropout_prob"],
                 max_len=self.max_seq_length,
                 num_time_buckets=self.num_time_buckets if self.use_time else None,
-                eps=float(config["layer_norm_eps"] or 1e-6),
+                eps=float(config["layer_norm_eps"]),
             )
             for _ in range(n_layers)
         )
@@ -140,13 +141,6 @@ class HSTU(GenerativeSequentialRecommender):
         nn.init.trunc_normal_(self.item_embedding.weight, std=0.02, a=-0.04, b=0.04)
         std = math.sqrt(1.0 / hidden_size)
         nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
-
-    @staticmethod
-    def _per_head(hidden_size, n_heads, name):
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) is not divisible by n_heads ({n_heads}): "
-                             f"set {name} explicitly")
-        return hidden_size // n_heads
 
     def _forward_inputs(self, interaction):
         if not self.use_time:

@@ -18,7 +18,7 @@ class Hydra(GenerativeSequentialRecommender):
     r"""Item embedding (or item LLM) -> Dropout -> RMSNorm (eq 3) -> ``n_layers`` Hydra layers
     (eq 5-12) -> the hidden state at every position, scored against the tied item table (eq 13).
 
-    Choices beyond the paper and NOTES.md:
+    Choices beyond the paper and docs/paper-reading.md:
     - ``head_size`` (d_c) defaults to ``hidden_size // n_heads``; the latent width ``n_heads *
       head_size`` may differ from ``hidden_size`` (W_X, W_Z and W_out map between them).
     - No final norm after the last layer: eq 13 scores the last layer's output directly.
@@ -42,19 +42,15 @@ class Hydra(GenerativeSequentialRecommender):
         hidden_size = config["hidden_size"]
         n_heads = config["n_heads"]
         head_size = config["head_size"]
-        if head_size is None:
-            if hidden_size % n_heads:
-                raise ValueError(
-                    f"hidden_size ({hidden_size}) is not divisible by n_heads ({n_heads}): "
-                    "change one of them or set head_size explicitly"
-                )
+        if head_size is None:  # hidden_size is then divisible by n_heads (config_schema)
             head_size = hidden_size // n_heads
-        self.item_model = config["item_model"] or "embedding"
-        if self.item_model not in ITEM_MODELS:
-            raise ValueError(f"item_model must be one of {ITEM_MODELS}, got {self.item_model!r}")
+        ffn_inner_size = config["ffn_inner_size"]
+        if ffn_inner_size is None:
+            ffn_inner_size = hidden_size
+        self.item_model = config["item_model"]
         if self.item_model == "embedding":
             self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
-        self.layer_checkpointing = bool(config["layer_checkpointing"])
+        self.layer_checkpointing = config["layer_checkpointing"]
         self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.emb_norm = RMSNorm(hidden_size)
         self.layers = nn.ModuleList(
@@ -62,16 +58,15 @@ class Hydra(GenerativeSequentialRecommender):
                 hidden_size,
                 n_heads,
                 head_size,
-                ffn_inner_size=config["ffn_inner_size"] or hidden_size,
-                rope_base=config["rope_base"] or 10000.0,
+                ffn_inner_size=ffn_inner_size,
+                rope_base=config["rope_base"],
                 pre_norm=i > 0,
-                hidden_dropout_prob=config["hidden_dropout_prob"] or 0.0,
+                hidden_dropout_prob=config["hidden_dropout_prob"],
                 d_state=config["d_state"],
                 d_conv=config["d_conv"],
                 expand=config["expand"],
                 headdim=config["ssd_headdim"],
                 chunk_size=config["chunk_size"],
-                use_kernels=config["use_kernels"] is not False,
             )
             for i in range(config["n_layers"])
         )
@@ -126,16 +121,24 @@ class Hydra(GenerativeSequentialRecommender):
         return self.emb_norm(self.emb_dropout(self._item_vectors(item_seq)))  # eq 3
 
     # -- streaming inference (recbole_hydra.serving) -------------------------------------------
-    def _forward_with_cache(self, item_seq, item_seq_len):
-        """``forward`` that also returns every layer's latent-Mamba cache after the last real item."""
+    def item_table(self):
+        """(n_items, d): what the hidden states are scored against (row 0 is padding)."""
+        return self._item_table()
+
+    def forward_with_caches(self, item_seq, item_seq_len):
+        """``forward`` -> ``(hidden (b, l, d), caches)``, ``caches`` holding each layer's
+        latent-Mamba cache (``Mamba2Cache``) after the last real item of each row: where ``step``
+        continues from."""
         h, caches = self._embed(item_seq), []
         for layer in self.layers:
             h, cache = layer(h, lengths=item_seq_len, return_cache=True)
             caches.append(cache)
         return h, caches
 
-    def _step(self, item_t, position, caches):
-        """One new item per row: ``item_t (b,)`` at ``position (b,)`` -> (hidden (b, d), caches)."""
+    def step(self, item_t, position, caches):
+        """One new item per row, O(1) in the history length: ``item_t (b,)`` at ``position (b,)``
+        (0 = first item) and the caches after the items before it -> ``(hidden (b, d), caches
+        after it)``; the given caches are not modified."""
         h, new_caches = self._embed(item_t), []
         for layer, cache in zip(self.layers, caches):
             h, cache = layer.step(h, position, cache)

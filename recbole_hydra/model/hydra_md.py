@@ -1,18 +1,14 @@
 """HydraMD: one Hydra for several domains (Hydra paper section 4.4, 5.2, Table 5).
 
 Data: ``recbole_hydra.data.multidomain.MultiDomainSequentialDataset`` (merged and per-domain
-sequences, leave-one-out per domain); ``recbole_hydra.quick_start`` picks it, and
-``MultiDomainTrainer``, through ``HydraMD.dataset_class`` / ``trainer_class``.
+sequences, leave-one-out per domain), which ``recbole_hydra.registry`` picks through
+``HydraMD.dataset_class``. Evaluation per domain: ``recbole_hydra.trainer.MultiDomainTrainer``.
 """
 
 import contextlib
-import logging
-from collections import OrderedDict
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from recbole.evaluator.collector import DataStruct
 
 from recbole_hydra.data.multidomain import (
     DOMAIN_PREFIX,
@@ -22,13 +18,12 @@ from recbole_hydra.data.multidomain import (
     MultiDomainSequentialDataset,
 )
 from recbole_hydra.layers.losses import (
-    _scores_space,
     history_membership,
     sampled_softmax_loss,
+    scoring_space,
     similarity_scores,
 )
 from recbole_hydra.model.hydra import Hydra
-from recbole_hydra.trainer import GenerativeTrainer
 
 
 def sample_domain_negatives(domain_items, domain_offsets, domains, num_negatives, device, generator=None):
@@ -66,8 +61,8 @@ class HydraMD(Hydra):
     each domain predicts nothing in its domain sequence, but all but the first item overall do in
     the merged one: sum_u (n_u - 1) against sum_u sum_s (n_us - 1)), so this is the paper's
     ``L_cross + sum_s L_single^s`` with the two terms weighted by slightly different constants
-    (equal weight per mean, so that neither term dominates by sequence count alone: our choice,
-    NOTES.md is silent). ``loss_type: CE`` is the full
+    (equal weight per mean, so that neither term dominates by sequence count alone: our choice where the
+    paper is silent, see docs/paper-reading.md). ``loss_type: CE`` is the full
     softmax over the positive's domain. Each training step runs inside the item LLM's ``step()``
     (when ``item_model: llm``): every distinct item of the step is encoded once.
 
@@ -105,7 +100,7 @@ class HydraMD(Hydra):
         merged_len = interaction[self.MERGED_SEQ_LEN]
         h_merged = self._last_output(interaction[self.MERGED_SEQ], merged_len)
         if self.similarity == "cosine":
-            return _scores_space(h_domain, "cosine") + _scores_space(h_merged, "cosine")
+            return scoring_space(h_domain, "cosine") + scoring_space(h_merged, "cosine")
         return h_domain + h_merged
 
     def full_sort_predict(self, interaction):
@@ -114,9 +109,9 @@ class HydraMD(Hydra):
         return scores.masked_fill(other, float("-inf"))
 
     def predict(self, interaction):
-        query = _scores_space(self._query(interaction), self.similarity)
+        query = scoring_space(self._query(interaction), self.similarity)
         items = interaction[self.ITEM_ID]
-        scores = (query * _scores_space(self._item_vectors(items), self.similarity)).sum(-1) / self.temperature
+        scores = (query * scoring_space(self._item_vectors(items), self.similarity)).sum(-1) / self.temperature
         other = self.item_domain[items] != interaction[self.DOMAIN]
         return scores.masked_fill(other, float("-inf"))
 
@@ -184,88 +179,3 @@ class HydraMD(Hydra):
         logits = similarity_scores(query, table, self.similarity) / self.temperature
         other = self.item_domain.unsqueeze(0) != self.item_domain[target].unsqueeze(1)
         return F.cross_entropy(logits.masked_fill(other, float("-inf")), target)
-
-
-# -- evaluation per domain ---------------------------------------------------------------------------
-ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.items", "rec.score")
-
-
-def domain_metrics(evaluate, struct, row_domains, domain_ids, domain_names, decimals=4):
-    """RecBole's metrics per domain: ``evaluate`` (an ``Evaluator.evaluate``) on the rows of each
-    domain of ``struct`` (RecBole's collected data; one row per evaluation target, in the order of
-    ``row_domains``). Returns the mean over the domains under RecBole's plain keys (``recall@10``)
-    followed by each domain's under ``recall@10 [name]``. Domains without rows are left out of
-    both (the mean is over the domains that have rows)."""
-    per_domain = OrderedDict()
-    for d, name in zip(domain_ids, domain_names):
-        mask = row_domains == d
-        if not bool(mask.any()):
-            continue
-        sub = DataStruct()
-        for key, value in struct._data_dict.items():
-            per_row = key in ROW_KEYS and isinstance(value, torch.Tensor) and len(value) == len(row_domains)
-            sub.set(key, value[mask] if per_row else value)
-        per_domain[name] = evaluate(sub)
-    result = OrderedDict()
-    if not per_domain:
-        return result
-    for metric in next(iter(per_domain.values())):
-        result[metric] = round(float(np.mean([r[metric] for r in per_domain.values()])), decimals)
-    for name, values in per_domain.items():
-        for metric, value in values.items():
-            result[f"{metric} [{name}]"] = value
-    return result
-
-
-def domain_table(result, names=None):
-    """Markdown table of a ``domain_metrics`` result: one row per domain, then their mean."""
-    metrics = [k for k in result if " [" not in k]
-    if names is None:
-        names = []
-        for key in result:
-            if " [" in key:
-                name = key.split(" [", 1)[1][:-1]
-                if name not in names:
-                    names.append(name)
-    lines = ["| domain | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for name in names:
-        if f"{metrics[0]} [{name}]" in result:
-            lines.append(f"| {name} | " + " | ".join(f"{result[f'{m} [{name}]']:.4f}" for m in metrics) + " |")
-    lines.append("| mean | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |")
-    return "\n".join(lines)
-
-
-class MultiDomainTrainer(GenerativeTrainer):
-    """RecBole's Trainer (with the warm-up/cosine schedule) whose ``evaluate`` reports RecBole's
-    metrics per domain and their mean (``domain_metrics``): the model ranks each target inside its
-    own domain, RecBole's collector records each row's top-k, and RecBole's evaluator runs on each
-    domain's rows. ``valid_metric`` (e.g. NDCG@10) is therefore the mean over the domains, each
-    domain weighted equally; the table is logged after each evaluation."""
-
-    def _full_sort_batch_eval(self, batched_data):
-        out = super()._full_sort_batch_eval(batched_data)
-        self._row_domains.append(out[0][self.model.DOMAIN].cpu())
-        return out
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if not eval_data:
-            return None
-        self._row_domains = []
-        evaluator, original = self.evaluator, self.evaluator.evaluate
-
-        def per_domain(struct):
-            rows = torch.cat(self._row_domains) if self._row_domains else torch.zeros(0, dtype=torch.long)
-            return domain_metrics(original, struct, rows, self.model.domain_ids, self.model.domain_names,
-                                  self.config["metric_decimal_place"] or 4)
-
-        evaluator.evaluate = per_domain
-        try:
-            result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
-        finally:
-            del evaluator.evaluate  # back to the class's method
-        if result:
-            logging.getLogger().info("per-domain results:\n" + domain_table(result, self.model.domain_names))
-        return result
-
-
-HydraMD.trainer_class = MultiDomainTrainer

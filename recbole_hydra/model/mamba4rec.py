@@ -32,11 +32,11 @@ class Mamba4RecLayer(nn.Module):
     """
 
     def __init__(self, hidden_size, d_state, d_conv, expand, dropout_prob, inner_size, residual,
-                 chunk_size=DEFAULT_CHUNK_SIZE, use_kernels=True):
+                 chunk_size=DEFAULT_CHUNK_SIZE):
         super().__init__()
         self.residual = residual
         self.mamba = Mamba1(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand,
-                            chunk_size=chunk_size, use_kernels=use_kernels)
+                            chunk_size=chunk_size)
         self.dropout = nn.Dropout(dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
         self.ffn = ReferenceFeedForward(hidden_size, inner_size, dropout_prob, "gelu", LAYER_NORM_EPS)
@@ -68,8 +68,9 @@ class Mamba4Rec(GenerativeSequentialRecommender):
         hidden_size = config["hidden_size"]
         n_layers = config["n_layers"]
         dropout_prob = config["dropout_prob"]
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        inner_size = config["inner_size"]
+        if inner_size is None:
+            inner_size = 4 * hidden_size
         self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
         self.emb_dropout = nn.Dropout(dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
@@ -80,15 +81,14 @@ class Mamba4Rec(GenerativeSequentialRecommender):
                 d_conv=config["d_conv"],
                 expand=config["expand"],
                 dropout_prob=dropout_prob,
-                inner_size=config["inner_size"] or 4 * hidden_size,
+                inner_size=inner_size,
                 residual=n_layers > 1,
-                chunk_size=config["chunk_size"] or DEFAULT_CHUNK_SIZE,
-                use_kernels=config["use_kernels"] is not False,
+                chunk_size=config["chunk_size"],
             )
             for _ in range(n_layers)
         )
         keep = set()
-        if config["reference_init"] is False:
+        if not config["reference_init"]:
             keep = {id(m) for layer in self.layers for m in layer.mamba.modules()}
         for module in self.modules():
             if id(module) not in keep:

@@ -1,7 +1,7 @@
 """SASRecGen: RecBole's SASRec architecture with fused causal attention, trained generatively.
 
-The "SASRec-style causal Transformer trained the same generative way" that issue 11 compares
-Hydra with: same item table, same objective (every position predicts its next item, sampled
+A SASRec-style causal Transformer trained the same generative way as Hydra, to compare the two
+sequence layers alone: same item table, same objective (every position predicts its next item, sampled
 softmax) and same batches as Hydra and HSTU, so that only the sequence layers differ.
 """
 
@@ -38,6 +38,7 @@ class CausalSelfAttentionBlock(nn.Module):
 
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
+HIDDEN_ACTS = tuple(_ACTIVATIONS)  # the values of hidden_act
 
 
 class SASRecGen(GenerativeSequentialRecommender):
@@ -52,12 +53,8 @@ class SASRecGen(GenerativeSequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        hidden_size, n_heads = config["hidden_size"], config["n_heads"]
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) is not divisible by n_heads ({n_heads}): change one of them")
-        hidden_act = config["hidden_act"] or "gelu"
-        if hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
+        hidden_size, n_heads = config["hidden_size"], config["n_heads"]  # divisible: config_schema
+        hidden_act = config["hidden_act"]
         self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, hidden_size)
         self.emb_norm = nn.LayerNorm(hidden_size, eps=config["layer_norm_eps"])

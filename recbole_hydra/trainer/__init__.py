@@ -2,5 +2,6 @@
 
 from recbole_hydra.trainer.generative import GenerativeTrainer
 from recbole_hydra.trainer.history import record_history
+from recbole_hydra.trainer.multidomain import MultiDomainTrainer
 
-__all__ = ["GenerativeTrainer", "record_history"]
+__all__ = ["GenerativeTrainer", "MultiDomainTrainer", "record_history"]
