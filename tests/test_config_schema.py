@@ -5,8 +5,7 @@ import yaml
 
 from recbole_hydra import config_schema
 from recbole_hydra.errors import UsageError
-from recbole_hydra.quick_start import PROPERTIES, make_config
-from recbole_hydra.quick_start import UsageError as QuickStartUsageError
+from recbole_hydra.config import PROPERTIES, make_config
 from tests.conftest import quiet_config, random_sequences, write_inter
 
 
@@ -17,10 +16,6 @@ def toy(tmp_path):
 
 def config(toy, model="Hydra", **overrides):
     return make_config(model, "toy", config_dict=quiet_config(toy, **overrides))
-
-
-def test_the_cli_error_class_is_the_packages():
-    assert QuickStartUsageError is UsageError and issubclass(UsageError, ValueError)
 
 
 @pytest.mark.parametrize("model", list(config_schema.MODEL_KEYS))

@@ -25,7 +25,7 @@ class GenerativeSequentialDataset(SequentialDataset):
     without overlap). ``train_mode: prefix`` is RecBole's own augmentation."""
 
     def __init__(self, config):
-        train_mode = config["train_mode"] or "generative"
+        train_mode = config["train_mode"]
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         self.train_mode = train_mode

@@ -73,8 +73,6 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils.enum_type import FeatureSource, FeatureType
 
-DEFAULT_DOMAIN_FIELD = "domain"
-DEFAULT_MERGED_LEN = 200
 MERGED_PREFIX = "merged_"
 DOMAIN_PREFIX = "domain_"
 DOMAIN_TARGET = "domain_target"
@@ -162,9 +160,9 @@ class MultiDomainSequentialDataset(SequentialDataset):
     (numpy, ``n_items``: domain id of each item, 0 for padding and for items of no domain)."""
 
     def __init__(self, config):
-        self.domain_field = config["DOMAIN_FIELD"] or DEFAULT_DOMAIN_FIELD
-        self.max_merged_len = int(config["MAX_MERGED_LIST_LENGTH"] or DEFAULT_MERGED_LEN)
-        train_mode = config["train_mode"] or "generative"
+        self.domain_field = config["DOMAIN_FIELD"]
+        self.max_merged_len = int(config["MAX_MERGED_LIST_LENGTH"])
+        train_mode = config["train_mode"]
         if train_mode != "generative":
             raise MultiDomainError(f"multi-domain data supports train_mode: generative only, got {train_mode!r}")
         split = (config["eval_args"] or {}).get("split") or {}

@@ -30,13 +30,14 @@ class GenerativeTrainer(Trainer):
     (``epochs * batches per epoch``) and then decays by a cosine; ``constant`` is RecBole's."""
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        schedule = self.config["lr_scheduler"] or "constant"
+        schedule = self.config["lr_scheduler"]
         if schedule not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {schedule!r}")
         hook = None
         if schedule == "cosine":
             total = max(1, (self.epochs - self.start_epoch) * len(train_data))
-            warmup = max(1, int(float(self.config["warmup_ratio"] or 0.0) * total))
+            ratio = self.config["warmup_ratio"]  # ~: no warm-up
+            warmup = max(1, int((0.0 if ratio is None else ratio) * total))
             self.lr_scheduler = LambdaLR(self.optimizer, warmup_cosine(total, warmup))
             hook = self.optimizer.register_step_post_hook(lambda *_: self.lr_scheduler.step())
         try:
