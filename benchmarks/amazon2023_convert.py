@@ -62,12 +62,16 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict:
     again = rng.integers(0, unique, rows - unique)  # 1% exact repeats of (user, item, time)
     order = rng.permutation(rows)
     u, i, ms = (np.concatenate([a, a[again]])[order] for a in (u, i, ms))
-    table = pa.table({
-        "user_id": pa.array(users[u].astype(str)),
-        "parent_asin": pa.array(items[i].astype(str)),
-        "rating": pa.array(np.array(["1.0", "2.0", "3.0", "4.0", "5.0"])[rng.integers(0, 5, rows)]),
-        "timestamp": pa.array(ms),
-    })
+    table = pa.table(
+        {
+            "user_id": pa.array(users[u].astype(str)),
+            "parent_asin": pa.array(items[i].astype(str)),
+            "rating": pa.array(
+                np.array(["1.0", "2.0", "3.0", "4.0", "5.0"])[rng.integers(0, 5, rows)]
+            ),
+            "timestamp": pa.array(ms),
+        }
+    )
     with open(path, "wb") as f:
         f.write(b"user_id,parent_asin,rating,timestamp\n")
         pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
@@ -80,15 +84,22 @@ def run_child(argv) -> dict:
     done = harness.run_fresh([HARNESS, *argv], cwd=ROOT)
     if not done.ok:
         sys.exit(f"{' '.join(map(str, argv))} failed:\n{done.stderr}")
-    return {"wall_s": done.wall_s, "cpu_s": done.result["cpu_s"],
-            "max_rss_mb": done.result["peak_rss_mb"], "stdout": done.stdout}
+    return {
+        "wall_s": done.wall_s,
+        "cpu_s": done.result["cpu_s"],
+        "max_rss_mb": done.result["peak_rss_mb"],
+        "stdout": done.stdout,
+    }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--workdir", default=None, help="where to put the CSV (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where to put the CSV (default: a temp dir)"
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args(argv)
 
@@ -103,8 +114,17 @@ def main(argv=None):
         print(f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {generate_s:.1f} s", flush=True)
 
         import_rss_mb = run_child(["--import", "recbole_hydra.data.amazon2023"])["max_rss_mb"]
-        command = ["-m", "recbole_hydra.data.amazon2023", "--category", "Books",
-                   "--raw", raw, "--out", out, "--quiet"]
+        command = [
+            "-m",
+            "recbole_hydra.data.amazon2023",
+            "--category",
+            "Books",
+            "--raw",
+            raw,
+            "--out",
+            out,
+            "--quiet",
+        ]
         load_before = os.getloadavg()[0]
         child = run_child(command)
         summary = child["stdout"].strip()
@@ -118,38 +138,78 @@ def main(argv=None):
     own_s = float(re.search(r"in ([0-9.]+) s$", summary).group(1))  # convert() alone
     own_rate = args.rows / own_s
     print(summary)
-    print(f"child process {convert_s:.1f} s ({rate:,.0f} rows/s, {cpu_s:.1f} s CPU), conversion "
-          f"alone {own_s:.1f} s ({own_rate:,.0f} rows/s); peak RSS {peak_rss_mb:,.0f} MiB (import "
-          f"alone {import_rss_mb:,.0f} MiB); load average before {load_before:.1f}")
+    print(
+        f"child process {convert_s:.1f} s ({rate:,.0f} rows/s, {cpu_s:.1f} s CPU), conversion "
+        f"alone {own_s:.1f} s ({own_rate:,.0f} rows/s); peak RSS {peak_rss_mb:,.0f} MiB (import "
+        f"alone {import_rss_mb:,.0f} MiB); load average before {load_before:.1f}"
+    )
     if args.no_write:
         return
     lines = harness.header(
-        "Amazon Reviews 2023 converter: throughput and memory", harness.command(),
-        harness.machine(pyarrow=pa.__version__, numpy=np.__version__))
+        "Amazon Reviews 2023 converter: throughput and memory",
+        harness.command(),
+        harness.machine(pyarrow=pa.__version__, numpy=np.__version__),
+    )
     lines += [
-        (f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
-        f"layout, {args.rows:,} rows in random order, {shape['users']:,} possible users (28-character "
-        f"ids, activity ~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, "
-        "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact "
-        f"repeats of another's user, item and timestamp. It was generated in {generate_s:.1f} s (not "
-        "counted)."),
+        (
+            f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
+            f"layout, {args.rows:,} rows in random order, {shape['users']:,} possible users (28-character "
+            f"ids, activity ~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, "
+            "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact "
+            f"repeats of another's user, item and timestamp. It was generated in {generate_s:.1f} s (not "
+            "counted)."
+        ),
         "",
-        ("The converter ran in a fresh process (`python benchmarks/harness.py -m "
-        "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), whole run "
-        "timed; its CPU time and peak RSS are that process's own (`harness.peak_rss_mb`, `VmHWM`). "
-        "\"Child process\" is the whole command, Python start-up and imports included; \"conversion "
-        "alone\" is the time the converter reports for itself (reading, filtering, writing); the "
-        "import alone is a process that only imports the converter's module."),
+        (
+            "The converter ran in a fresh process (`python benchmarks/harness.py -m "
+            "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), whole run "
+            "timed; its CPU time and peak RSS are that process's own (`harness.peak_rss_mb`, `VmHWM`). "
+            '"Child process" is the whole command, Python start-up and imports included; "conversion '
+            'alone" is the time the converter reports for itself (reading, filtering, writing); the '
+            "import alone is a process that only imports the converter's module."
+        ),
         "",
     ]
     lines += harness.table(
-        ["rows", "child process", "rows/s", "its CPU time", "conversion alone", "rows/s", "peak RSS",
-         "RSS of the import alone", ".inter written"],
-        [[f"{args.rows:,}", f"{convert_s:.1f} s", f"{rate:,.0f}", f"{cpu_s:.1f} s", f"{own_s:.1f} s",
-          f"{own_rate:,.0f}", f"{peak_rss_mb:,.0f} MiB", f"{import_rss_mb:,.0f} MiB",
-          f"{inter_mb:.0f} MiB"]], align="rrrrrrrrr")
-    lines += ["", (f"Load average (1 min) when the converter started: {load_before:.1f} on "
-              f"{os.cpu_count()} cores."), "", "Converter summary:", "", "```", summary, "```"]
+        [
+            "rows",
+            "child process",
+            "rows/s",
+            "its CPU time",
+            "conversion alone",
+            "rows/s",
+            "peak RSS",
+            "RSS of the import alone",
+            ".inter written",
+        ],
+        [
+            [
+                f"{args.rows:,}",
+                f"{convert_s:.1f} s",
+                f"{rate:,.0f}",
+                f"{cpu_s:.1f} s",
+                f"{own_s:.1f} s",
+                f"{own_rate:,.0f}",
+                f"{peak_rss_mb:,.0f} MiB",
+                f"{import_rss_mb:,.0f} MiB",
+                f"{inter_mb:.0f} MiB",
+            ]
+        ],
+        align="rrrrrrrrr",
+    )
+    lines += [
+        "",
+        (
+            f"Load average (1 min) when the converter started: {load_before:.1f} on "
+            f"{os.cpu_count()} cores."
+        ),
+        "",
+        "Converter summary:",
+        "",
+        "```",
+        summary,
+        "```",
+    ]
     harness.write_report(RESULTS, lines)
     print(f"wrote {RESULTS}")
 

@@ -39,7 +39,9 @@ def worker(spec):
     from recbole_hydra.quick_start import run
 
     result = run(spec["model"], spec["dataset"], config_dict=spec["config"], saved=True)
-    keep = {k: result[k] for k in ("best_valid_score", "n_params", "epochs", "history", "model_file")}
+    keep = {
+        k: result[k] for k in ("best_valid_score", "n_params", "epochs", "history", "model_file")
+    }
     keep["test_result"] = dict(result["test_result"])
     keep["best_valid_result"] = dict(result["best_valid_result"])
     keep["peak_rss_mb"] = harness.peak_rss_mb()
@@ -55,21 +57,32 @@ def run_all(args, overrides):
 
     def one(numbered):
         i, (model, seed) = numbered
-        config = {"seed": 2020 + seed, "show_progress": False,
-                  "data_path": os.path.abspath(args.data_path), **overrides}
+        config = {
+            "seed": 2020 + seed,
+            "show_progress": False,
+            "data_path": os.path.abspath(args.data_path),
+            **overrides,
+        }
         if args.time_budget:
             config["time_budget_s"] = args.time_budget * 60
         spec = {"model": model, "dataset": args.dataset, "config": config}
         log = workdir / "logs" / f"{model}-{seed}.log"
         print(f"[{i}/{len(plan)}] {model} seed {seed} started (log: {log})", flush=True)
-        done = harness.run_fresh([os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                                 env=env, cwd=workdir, stderr_path=log)
+        done = harness.run_fresh(
+            [os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            env=env,
+            cwd=workdir,
+            stderr_path=log,
+        )
         if not done.ok:
             print(f"    {model} seed {seed} failed (exit {done.returncode}); see {log}", flush=True)
             return {"model": model, "seed": seed, "failed": True}
         result = dict(done.result, model=model, seed=seed, total_s=done.wall_s)
-        print(f"    {model} seed {seed}: {result['epochs']} epochs in {result['total_s']:.0f} s, "
-              f"test NDCG@10 {result['test_result']['ndcg@10']:.4f}", flush=True)
+        print(
+            f"    {model} seed {seed}: {result['epochs']} epochs in {result['total_s']:.0f} s, "
+            f"test NDCG@10 {result['test_result']['ndcg@10']:.4f}",
+            flush=True,
+        )
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -122,7 +135,14 @@ def time_to_reach(runs, model, target):
     for r in runs:
         if r["model"] != model or r.get("failed"):
             continue
-        hit = next((h["wall_s"] for h in r["history"] if h.get("valid_result", {}).get("ndcg@10", -1) >= target), None)
+        hit = next(
+            (
+                h["wall_s"]
+                for h in r["history"]
+                if h.get("valid_result", {}).get("ndcg@10", -1) >= target
+            ),
+            None,
+        )
         if hit is None:
             return None
         times.append(hit)
@@ -131,17 +151,27 @@ def time_to_reach(runs, model, target):
 
 def write_markdown(path, args, rows, runs, command):
     lines = harness.header(
-        f"{args.dataset}: {', '.join(args.models)}", command, harness.machine(),
+        f"{args.dataset}: {', '.join(args.models)}",
+        command,
+        harness.machine(),
         f"Date: {time.strftime('%Y-%m-%d')}; {args.jobs} run(s) at a time, "
         f"{args.threads or 'default'} thread(s) each",
         "Protocol: RecBole leave-one-out (order TO), full ranking over all items, history items "
         "NOT masked (RecBole's sequential full-sort); test metrics of the best-valid-NDCG@10 "
-        f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.")
+        f"checkpoint; mean +- std over {args.seeds} seed(s); each model's own default yaml.",
+    )
     if args.time_budget:
-        lines += [(f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
-                  "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
-                  "extrapolated to the whole epoch in `s/epoch`."), ""]
-    head = ["model", "params"] + [m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS]
+        lines += [
+            (
+                f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
+                "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
+                "extrapolated to the whole epoch in `s/epoch`."
+            ),
+            "",
+        ]
+    head = ["model", "params"] + [
+        m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS
+    ]
     head += ["s/epoch", "epochs", "wall to best valid (s)", "total wall (s)", "peak RSS (MB)"]
     cells = []
     for model in args.models:
@@ -149,21 +179,32 @@ def write_markdown(path, args, rows, runs, command):
         if row is None:
             cells.append([model, "failed"] + [""] * (len(head) - 2))
             continue
-        cells.append([model, f"{row['params']:,}"]
-                     + [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
-                     + [f"{row['s_per_epoch'][0]:.1f}", f"{row['epochs'][0]:.1f}",
-                        f"{row['wall_to_best'][0]:.0f}", f"{row['total_s'][0]:.0f}",
-                        f"{row['peak_rss_mb']:.0f}"])
+        cells.append(
+            [model, f"{row['params']:,}"]
+            + [f"{row['metrics'][m][0]:.4f} +- {row['metrics'][m][1]:.4f}" for m in METRICS]
+            + [
+                f"{row['s_per_epoch'][0]:.1f}",
+                f"{row['epochs'][0]:.1f}",
+                f"{row['wall_to_best'][0]:.0f}",
+                f"{row['total_s'][0]:.0f}",
+                f"{row['peak_rss_mb']:.0f}",
+            ]
+        )
     lines += harness.table(head, cells)
     if rows.get("SASRec"):
-        target = statistics.fmean(r["best_valid_result"]["ndcg@10"] for r in runs
-                                  if r["model"] == "SASRec" and not r.get("failed"))
+        target = statistics.fmean(
+            r["best_valid_result"]["ndcg@10"]
+            for r in runs
+            if r["model"] == "SASRec" and not r.get("failed")
+        )
         base = time_to_reach(runs, "SASRec", target)
         lines += ["", f"Wall clock to reach SASRec's best valid NDCG@10 ({target:.4f}):", ""]
         for model in args.models:
             t = time_to_reach(runs, model, target)
             ratio = f" ({t / base:.2f}x SASRec's)" if t is not None and base else ""
-            lines.append(f"- {model}: " + (f"{t:.0f} s{ratio}" if t is not None else "never reached"))
+            lines.append(
+                f"- {model}: " + (f"{t:.0f} s{ratio}" if t is not None else "never reached")
+            )
     harness.write_report(path, lines)
 
 
@@ -175,12 +216,23 @@ def write_plot(path, args, runs):
         for r in runs:
             if r["model"] != model or r.get("failed"):
                 continue
-            pts = [(h["wall_s"], h["valid_result"]["ndcg@10"]) for h in r["history"] if "valid_result" in h]
+            pts = [
+                (h["wall_s"], h["valid_result"]["ndcg@10"])
+                for h in r["history"]
+                if "valid_result" in h
+            ]
             if pts:
                 xs, ys = zip(*pts)
                 # markers: a model the budget stopped after one validation is one point
-                ax.plot(xs, ys, color=colours[i % len(colours)], alpha=0.8, marker="o", markersize=3,
-                        label=model if r["seed"] == 0 else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colours[i % len(colours)],
+                    alpha=0.8,
+                    marker="o",
+                    markersize=3,
+                    label=model if r["seed"] == 0 else None,
+                )
     ax.set_xlabel("training wall clock (s)")
     ax.set_ylabel("valid NDCG@10")
     ax.set_title(f"{args.dataset}: valid NDCG@10 against wall clock")
@@ -190,22 +242,37 @@ def write_plot(path, args, runs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--models", default="Hydra,SASRec,Mamba4Rec,HSTU")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--time-budget", type=float, default=None, help="minutes of training per run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every model (repeatable)")
+    parser.add_argument(
+        "--time-budget", type=float, default=None, help="minutes of training per run"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every model (repeatable)",
+    )
     parser.add_argument("--data_path", default="dataset")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
-    parser.add_argument("--workdir", default=None, help="where runs write saved/ and log/ (default: a temp dir)")
-    parser.add_argument("--replot", metavar="JSON", help="rewrite the .md and .png of an earlier run "
-                        "from its .json (the same runs and command)")
+    parser.add_argument(
+        "--workdir", default=None, help="where runs write saved/ and log/ (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--replot",
+        metavar="JSON",
+        help="rewrite the .md and .png of an earlier run "
+        "from its .json (the same runs and command)",
+    )
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
@@ -214,8 +281,13 @@ def main():
         saved = json.loads(Path(args.replot).read_text())
         args = parser.parse_args(shlex.split(saved["command"])[2:])
         args.models = [m for m in args.models.split(",") if m]
-        write_markdown(Path(f"{stem}.md"), args, summarise(saved["runs"], args.models), saved["runs"],
-                       saved["command"])
+        write_markdown(
+            Path(f"{stem}.md"),
+            args,
+            summarise(saved["runs"], args.models),
+            saved["runs"],
+            saved["command"],
+        )
         write_plot(Path(f"{stem}.png"), args, saved["runs"])
         return print(f"rewrote {stem}.md and .png")
     args.models = [m for m in args.models.split(",") if m]

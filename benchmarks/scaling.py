@@ -40,14 +40,21 @@ def point(model_name, length, tokens, repeats):
 
     torch.manual_seed(0)
     cls = get_model(model_name)
-    config = Config(model=cls, dataset="ml-1m", config_file_list=config_files(cls.__name__, "ml-1m"),
-                    config_dict={"MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None})
+    config = Config(
+        model=cls,
+        dataset="ml-1m",
+        config_file_list=config_files(cls.__name__, "ml-1m"),
+        config_dict={"MAX_ITEM_LIST_LENGTH": length, "train_neg_sample_args": None},
+    )
     model = cls(config, ItemCountDataset(N_ITEMS))
     model.train()
     batch = max(1, tokens // length)
     seq = torch.randint(1, N_ITEMS, (batch, length))
-    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.full((batch,), length),
-             model.POS_ITEM_ID: torch.randint(1, N_ITEMS, (batch,))}
+    inter = {
+        model.ITEM_SEQ: seq,
+        model.ITEM_SEQ_LEN: torch.full((batch,), length),
+        model.POS_ITEM_ID: torch.randint(1, N_ITEMS, (batch,)),
+    }
     times = torch.arange(length, dtype=torch.float32).expand(batch, -1) * 3600
     inter.update({"timestamp_list": times, "timestamp": times[:, -1] + 3600})
     inter = Interaction(inter)
@@ -64,16 +71,23 @@ def point(model_name, length, tokens, repeats):
         t0 = time.perf_counter()
         step()
         measured.append(time.perf_counter() - t0)
-    harness.emit({"step_s": statistics.median(measured), "batch": batch,
-                  "peak_rss_mb": harness.peak_rss_mb(),
-                  "params": sum(p.numel() for p in model.parameters())})
+    harness.emit(
+        {
+            "step_s": statistics.median(measured),
+            "batch": batch,
+            "peak_rss_mb": harness.peak_rss_mb(),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
 
 
 def run_point(model, length, args):
     done = harness.run_fresh(
         [Path(__file__).resolve(), "--point", model, length, args.tokens, args.repeats],
-        env={"OMP_NUM_THREADS": args.threads} if args.threads else None, timeout=args.timeout,
-        mem_limit_bytes=int(args.mem_gb * 2**30))
+        env={"OMP_NUM_THREADS": args.threads} if args.threads else None,
+        timeout=args.timeout,
+        mem_limit_bytes=int(args.mem_gb * 2**30),
+    )
     if done.timed_out:
         return {"status": f"out of time (> {args.timeout} s)"}
     if not done.ok:
@@ -85,7 +99,9 @@ def run_point(model, length, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--point", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--models", default="Hydra,SASRec,HSTU,Mamba4Rec")
     parser.add_argument("--lengths", default="64,256,1024,4096,16384")
@@ -114,8 +130,11 @@ def main():
             results[(model, length)] = r
             if r["status"] != "ok":
                 results[(model, "stopped")] = True
-            shown = (f"{r['step_s'] * 1000:.0f} ms/step, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok"
-                     else r["status"])
+            shown = (
+                f"{r['step_s'] * 1000:.0f} ms/step, {r['peak_rss_mb']:.0f} MB"
+                if r["status"] == "ok"
+                else r["status"]
+            )
             print(f"{model} L={length}: {shown}", flush=True)
     # Merge with the points of earlier runs (``--models``/``--lengths`` rerun only some points).
     points = {(e["model"], e["length"]): e for e in earlier}
@@ -127,15 +146,24 @@ def main():
     models = list(dict.fromkeys([m for m, _ in points] + models))
     lengths = sorted({n for _, n in points})
     results = {(m, n): points.get((m, n), {"status": "not run"}) for m in models for n in lengths}
-    cells = [[model] + [f"{r['step_s'] * 1000:.0f} ms, {r['peak_rss_mb']:.0f} MB" if r["status"] == "ok"
-                        else r["status"] for r in (results[(model, n)] for n in lengths)]
-             for model in models]
+    cells = [
+        [model]
+        + [
+            f"{r['step_s'] * 1000:.0f} ms, {r['peak_rss_mb']:.0f} MB"
+            if r["status"] == "ok"
+            else r["status"]
+            for r in (results[(model, n)] for n in lengths)
+        ]
+        for model in models
+    ]
     md = harness.header(
-        "Scaling: training step against sequence length", harness.command(),
+        "Scaling: training step against sequence length",
+        harness.command(),
         harness.machine(threads=f"OMP_NUM_THREADS={args.threads or 'default'}"),
         f"{args.tokens} tokens per step (batch = tokens / length), {N_ITEMS} items, each model's "
         "default yaml and objective; forward + backward + AdamW step, median of "
-        f"{args.repeats}; peak RSS of the whole process (the imports included).")
+        f"{args.repeats}; peak RSS of the whole process (the imports included).",
+    )
     md += harness.table(["model"] + [f"L={n}" for n in lengths], cells)
     harness.write_report(out / "scaling.md", md)
     plt = harness.pyplot()
@@ -143,8 +171,12 @@ def main():
     for model in models:
         ok = [(n, results[(model, n)]) for n in lengths if results[(model, n)]["status"] == "ok"]
         if ok:
-            ax_t.plot([n for n, _ in ok], [r["step_s"] * 1000 for _, r in ok], marker="o", label=model)
-            ax_m.plot([n for n, _ in ok], [r["peak_rss_mb"] for _, r in ok], marker="o", label=model)
+            ax_t.plot(
+                [n for n, _ in ok], [r["step_s"] * 1000 for _, r in ok], marker="o", label=model
+            )
+            ax_m.plot(
+                [n for n, _ in ok], [r["peak_rss_mb"] for _, r in ok], marker="o", label=model
+            )
     for ax, label in ((ax_t, "training step (ms)"), (ax_m, "peak RSS (MB)")):
         harness.log_log(ax, f"sequence length ({args.tokens} tokens per step)", label, xbase=2)
     harness.save_png(fig, out / "scaling.png", dpi=120)

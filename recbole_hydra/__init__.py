@@ -10,7 +10,11 @@ from recbole_hydra import compat, registry  # noqa: E402
 from recbole_hydra.checkpoint import load_data_and_model, read_checkpoint  # noqa: E402
 from recbole_hydra.quick_start import run  # noqa: E402
 
-compat.install(get_model=registry.get_model, create_dataset=registry.create_dataset,
-               read_checkpoint=read_checkpoint, load_data_and_model=load_data_and_model)
+compat.install(
+    get_model=registry.get_model,
+    create_dataset=registry.create_dataset,
+    read_checkpoint=read_checkpoint,
+    load_data_and_model=load_data_and_model,
+)
 
 __all__ = ["run", "__version__"]

@@ -49,8 +49,11 @@ def read_checkpoint(path, *args, **kwargs):
 def _config_on_this_machine(checkpoint):
     """The checkpoint's config, on the CPU when it was saved on a GPU this machine lacks."""
     config = checkpoint["config"]
-    if config["device"] is not None and config["device"].type == "cuda" and (
-            not torch.cuda.is_available()):
+    if (
+        config["device"] is not None
+        and config["device"].type == "cuda"
+        and (not torch.cuda.is_available())
+    ):
         config["device"] = torch.device("cpu")
     return config
 
@@ -93,8 +96,10 @@ def load_model(model_file, device="cpu", model_class=None):
         raise UsageError(f"{model_file} holds a {config['model']} model; this needs {expected}")
     weights = checkpoint["state_dict"].get("item_embedding.weight")
     if weights is None:
-        raise UsageError(f"{model_file} has no item embedding table (item_model: llm?): export "
-                         "it first with python -m recbole_hydra.checkpoint")
+        raise UsageError(
+            f"{model_file} has no item embedding table (item_model: llm?): export "
+            "it first with python -m recbole_hydra.checkpoint"
+        )
     config["device"] = torch.device(device)
     model = get_model(config["model"])(config, ItemCountDataset(weights.shape[0])).to(device)
     model.load_state_dict(checkpoint["state_dict"])
@@ -127,8 +132,10 @@ def load_item_table(model, table):
     if weight is None:
         raise ValueError("load_item_table needs a model with item_model: embedding")
     if tuple(table.shape) != tuple(weight.weight.shape):
-        raise ValueError(f"the table is {tuple(table.shape)}, the model's item embedding "
-                         f"{tuple(weight.weight.shape)}: same dataset and hidden_size needed")
+        raise ValueError(
+            f"the table is {tuple(table.shape)}, the model's item embedding "
+            f"{tuple(weight.weight.shape)}: same dataset and hidden_size needed"
+        )
     weight.weight.copy_(table.to(weight.weight))
 
 
@@ -145,8 +152,7 @@ def export_llm_checkpoint(model_file, out_file, table_file=None):
     model = get_model(config["model"])(config, create_dataset(config))
     model.load_state_dict(checkpoint["state_dict"])
     table = export_item_table(model, table_file)
-    state = {k: v for k, v in checkpoint["state_dict"].items()
-             if not k.startswith("item_encoder.")}
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("item_encoder.")}
     state["item_embedding.weight"] = table
     plain = copy.copy(config)
     plain.final_config_dict = dict(config.final_config_dict)
@@ -160,7 +166,8 @@ def export_llm_checkpoint(model_file, out_file, table_file=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Export a Hydra (item_model: llm) checkpoint as an item_model: embedding "
-                    "checkpoint whose item embedding is the LLM's item table.")
+        "checkpoint whose item embedding is the LLM's item table."
+    )
     parser.add_argument("checkpoint", help="saved/Hydra-....pth trained with item_model: llm")
     parser.add_argument("out", help="where to write the embedding checkpoint")
     parser.add_argument("--table", default=None, help="also write the (n_items, d) table here")

@@ -34,12 +34,19 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--checkpoint", default=None, help="re-evaluate this saved model")
-    parser.add_argument("--recommend", action="store_true",
-                        help="with --checkpoint (Hydra): print top-k items for --users")
+    parser.add_argument(
+        "--recommend",
+        action="store_true",
+        help="with --checkpoint (Hydra): print top-k items for --users",
+    )
     parser.add_argument("--users", default="", help="comma-separated user tokens for --recommend")
     parser.add_argument("--k", type=int, default=10, help="how many items --recommend prints")
-    parser.add_argument("--replay", type=int, default=0,
-                        help="--recommend: feed each user's last N events one by one")
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        help="--recommend: feed each user's last N events one by one",
+    )
     tune = parser.add_argument_group("hyperparameter search (Ray Tune)")
     tune.add_argument("--tune", action="store_true", help="search the space of --params_file")
     tune.add_argument("--params_file", default=None, help="RecBole hyper file of the space")
@@ -47,19 +54,30 @@ def parse_args(argv):
     tune.add_argument("--cpus_per_trial", type=float, default=1, help="CPUs Ray gives a trial")
     tune.add_argument("--gpus_per_trial", type=float, default=0, help="GPUs Ray gives a trial")
     tune.add_argument("--max_concurrent", type=int, default=None, help="trials run at once")
-    tune.add_argument("--ray_address", default=None,
-                      help="join this Ray cluster (default: start a local Ray, stop it after)")
-    tune.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
-                      help="continue the newest (or DIR's) interrupted search")
+    tune.add_argument(
+        "--ray_address",
+        default=None,
+        help="join this Ray cluster (default: start a local Ray, stop it after)",
+    )
+    tune.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="continue the newest (or DIR's) interrupted search",
+    )
     tune.add_argument("--tune_dir", default="tune_results", help="where searches are written")
     ddp = parser.add_argument_group("multi-process training (RecBole's flags)")
     ddp.add_argument("--nproc", type=int, default=1, help="processes on this machine")
-    ddp.add_argument("--world_size", type=int, default=-1,
-                     help="processes on all machines (default: --nproc)")
+    ddp.add_argument(
+        "--world_size", type=int, default=-1, help="processes on all machines (default: --nproc)"
+    )
     ddp.add_argument("--ip", default="localhost", help="address of the machine of rank 0")
     ddp.add_argument("--port", type=int, default=5678, help="free port on that machine")
-    ddp.add_argument("--group_offset", type=int, default=0,
-                     help="global rank of this machine's first process")
+    ddp.add_argument(
+        "--group_offset", type=int, default=0, help="global rank of this machine's first process"
+    )
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -90,8 +108,10 @@ def print_search(summary, out=sys.stdout):
     if summary["best"] is not None:
         out.write(f"best config: {summary['best_yaml']}\n")
     if summary["unfinished"]:
-        out.write(f"unfinished trials: {summary['unfinished']}; continue the search with: "
-                  f"python run_hydra.py --tune --resume={summary['experiment_dir']}\n")
+        out.write(
+            f"unfinished trials: {summary['unfinished']}; continue the search with: "
+            f"python run_hydra.py --tune --resume={summary['experiment_dir']}\n"
+        )
 
 
 def main(argv=None):
@@ -109,14 +129,24 @@ def main(argv=None):
         distributed = args.nproc != 1 or args.world_size > 0
         if args.tune:
             if distributed:
-                raise UsageError("--tune and --nproc/--world_size cannot be combined: each "
-                                 "trial is one process (use --cpus_per_trial/--gpus_per_trial)")
-            summary = search(args.model, args.dataset, params_file=args.params_file,
-                             config_file_list=files, config_dict=overrides,
-                             num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial,
-                             gpus_per_trial=args.gpus_per_trial,
-                             max_concurrent=args.max_concurrent, ray_address=args.ray_address,
-                             resume=args.resume, tune_dir=args.tune_dir)
+                raise UsageError(
+                    "--tune and --nproc/--world_size cannot be combined: each "
+                    "trial is one process (use --cpus_per_trial/--gpus_per_trial)"
+                )
+            summary = search(
+                args.model,
+                args.dataset,
+                params_file=args.params_file,
+                config_file_list=files,
+                config_dict=overrides,
+                num_samples=args.num_samples,
+                cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial,
+                max_concurrent=args.max_concurrent,
+                ray_address=args.ray_address,
+                resume=args.resume,
+                tune_dir=args.tune_dir,
+            )
             print_search(summary)
             if summary["best"] is None and not summary["unfinished"]:
                 first = next((r["error"] for r in summary["rows"] if r["error"]), "")
@@ -127,12 +157,22 @@ def main(argv=None):
         if args.checkpoint:
             result = evaluate_checkpoint(args.checkpoint)
         else:
-            result = run(args.model, args.dataset, config_file_list=files, config_dict=overrides,
-                         nproc=args.nproc, world_size=args.world_size, ip=args.ip,
-                         port=args.port, group_offset=args.group_offset)
+            result = run(
+                args.model,
+                args.dataset,
+                config_file_list=files,
+                config_dict=overrides,
+                nproc=args.nproc,
+                world_size=args.world_size,
+                ip=args.ip,
+                port=args.port,
+                group_offset=args.group_offset,
+            )
             if result is None:  # a node without global rank 0
-                print(f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} "
-                      "finished; the results are printed by the node with --group_offset=0")
+                print(
+                    f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} "
+                    "finished; the results are printed by the node with --group_offset=0"
+                )
                 return 0
     except (UsageError, FileNotFoundError) as err:
         sys.stderr.write(f"run_hydra.py: error: {err}\n")
@@ -145,4 +185,3 @@ def main(argv=None):
         return 2
     print_results(result)
     return 0
-

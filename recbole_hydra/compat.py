@@ -59,6 +59,7 @@ from torch.nn.parallel import DistributedDataParallel
 #: ``local_rank: 0`` and ``single_spec: True``.
 DISTRIBUTED_KEYS = ("world_size", "nproc", "offset", "ip", "port")
 
+
 def quiet_known_warnings():
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole(\.|$)")
 
@@ -71,8 +72,9 @@ def _torch_with_load(load):
     return proxy
 
 
-def init_distributed(config, local_rank, world_size, nproc=None, ip="localhost", port=5678,
-                     offset=0, timeout_s=None):
+def init_distributed(
+    config, local_rank, world_size, nproc=None, ip="localhost", port=5678, offset=0, timeout_s=None
+):
     """Join the process group as rank ``offset + local_rank`` of ``world_size`` and make ``config``
     (built single-process) the config of that rank, as RecBole's ``Config._init_device`` would,
     on the CPU with gloo or on ``cuda:<local_rank>`` with NCCL (shim 4). Returns the backend."""
@@ -92,8 +94,13 @@ def init_distributed(config, local_rank, world_size, nproc=None, ip="localhost",
     if use_cuda:
         torch.cuda.set_device(local_rank)
     kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
-    dist.init_process_group(backend=backend, init_method=f"tcp://{ip}:{port}",
-                            rank=offset + local_rank, world_size=world_size, **kwargs)
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{ip}:{port}",
+        rank=offset + local_rank,
+        world_size=world_size,
+        **kwargs,
+    )
     config["local_rank"] = local_rank
     config["world_size"], config["nproc"], config["offset"] = world_size, nproc, offset
     config["ip"], config["port"] = ip, port
@@ -107,8 +114,9 @@ def init_distributed(config, local_rank, world_size, nproc=None, ip="localhost",
 def single_process_config(config):
     """A copy of a rank's config as a single-process run on rank 0's device would have it."""
     plain = copy.copy(config)
-    plain.final_config_dict = {k: v for k, v in config.final_config_dict.items()
-                               if k not in DISTRIBUTED_KEYS}
+    plain.final_config_dict = {
+        k: v for k, v in config.final_config_dict.items() if k not in DISTRIBUTED_KEYS
+    }
     plain["local_rank"], plain["single_spec"] = 0, True
     if plain["device"] is not None and plain["device"].type == "cuda":
         plain["device"] = torch.device("cuda", 0)
@@ -121,8 +129,9 @@ def distributed_data_parallel(module, device_ids=None, output_device=None, **kwa
     devices = {p.device for p in module.parameters()}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         device_ids = output_device = None
-    return DistributedDataParallel(module, device_ids=device_ids, output_device=output_device,
-                                   **kwargs)
+    return DistributedDataParallel(
+        module, device_ids=device_ids, output_device=output_device, **kwargs
+    )
 
 
 def share_checkpoint(trainer):
@@ -153,12 +162,15 @@ def share_checkpoint(trainer):
 
             trainer.logger.info(set_color("Saving current", "blue") + f": {final}")
 
-    def evaluate_after_save(eval_data, load_best_model=True, model_file=None,
-                            show_progress=False):
+    def evaluate_after_save(eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
             dist.barrier()  # every rank is past fit, so rank 0 has written its best checkpoint
-        return evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
-                        show_progress=show_progress)
+        return evaluate(
+            eval_data,
+            load_best_model=load_best_model,
+            model_file=model_file,
+            show_progress=show_progress,
+        )
 
     trainer._save_checkpoint, trainer.evaluate = save_with_plain_config, evaluate_after_save
     return trainer
@@ -170,8 +182,14 @@ def ensure_dir(dir_path):
 
 
 #: the RecBole modules that call ``ensure_dir`` through a module global
-ENSURE_DIR_USERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logger",
-                    "recbole.trainer.trainer", "recbole.data.utils", "recbole.data.dataset.dataset")
+ENSURE_DIR_USERS = (
+    "recbole.utils",
+    "recbole.utils.utils",
+    "recbole.utils.logger",
+    "recbole.trainer.trainer",
+    "recbole.data.utils",
+    "recbole.data.dataset.dataset",
+)
 
 
 #: the package's functions that ``install`` put into RecBole (shim 3's ``_call_ours`` reads it)
@@ -195,7 +213,10 @@ def install(get_model, create_dataset, read_checkpoint, load_data_and_model):
     qs.create_dataset = create_dataset
     recbole_loader = qs.load_data_and_model
     qs.load_data_and_model = recbole.quick_start.load_data_and_model = load_data_and_model
-    if recbole_loader is not load_data_and_model and recbole_loader.__code__ is not _call_ours.__code__:
+    if (
+        recbole_loader is not load_data_and_model
+        and recbole_loader.__code__ is not _call_ours.__code__
+    ):
         # RecBole's function imports torch locally, so no module global reaches its torch.load;
         # a reference taken before this import (``from recbole.quick_start import
         # load_data_and_model`` above ``import recbole_hydra``) gets the package's version too.

@@ -23,13 +23,22 @@ PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
 
 #: RecBole 1.2.1's default ``train_neg_sample_args``, which ``properties/overall.yaml`` turns off
 #: (the models here sample their own negatives, and RecBole refuses CE models with it on).
-RECBOLE_NEG_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0,
-                        "dynamic": False, "candidate_num": 0}
+RECBOLE_NEG_SAMPLING = {
+    "distribution": "uniform",
+    "sample_num": 1,
+    "alpha": 1.0,
+    "dynamic": False,
+    "candidate_num": 0,
+}
+
 
 def config_files(model_name, dataset, config_file_list=None):
     """The package's yaml for this model and dataset (when it has one), then the user's files."""
-    files = [PROPERTIES / "overall.yaml", PROPERTIES / f"{model_name}.yaml",
-             PROPERTIES / "dataset" / f"{dataset}.yaml"]
+    files = [
+        PROPERTIES / "overall.yaml",
+        PROPERTIES / f"{model_name}.yaml",
+        PROPERTIES / "dataset" / f"{dataset}.yaml",
+    ]
     return [str(f) for f in files if f.exists()] + list(config_file_list or [])
 
 
@@ -95,7 +104,7 @@ def _check_dataset_files(config):
         raise UsageError(
             f"the split orders interactions by time, but load_col loads only {loaded} "
             f"of {dataset}.inter: load {time_field!r} too, e.g. --load_col=\"{{'inter': "
-            f"{columns}}}\" or load_col in a yaml (properties/dataset/{dataset}.yaml)"
+            f'{columns}}}" or load_col in a yaml (properties/dataset/{dataset}.yaml)'
         )
 
 
@@ -107,5 +116,5 @@ def check_dataset(config, dataset):
         fits = [k for k in config["topk"] if k <= candidates] or [min(10, candidates)]
         raise UsageError(
             f"topk {too_deep} asks for more items than {config['dataset']} has ({candidates}): "
-            f"set e.g. --topk=\"{fits}\" (and valid_metric to one of its cut-offs)"
+            f'set e.g. --topk="{fits}" (and valid_metric to one of its cut-offs)'
         )

@@ -74,10 +74,12 @@ class Key:
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if isinstance(value, bool) or not isinstance(value, wanted):
             return False
-        return ((self.minimum is None or value >= self.minimum)
-                and (self.maximum is None or value <= self.maximum)
-                and (self.above is None or value > self.above)
-                and (self.below is None or value < self.below))
+        return (
+            (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+            and (self.above is None or value > self.above)
+            and (self.below is None or value < self.below)
+        )
 
 
 def _positive_int(none=None):
@@ -98,8 +100,9 @@ _COMMON = {
     "eval_tokens_per_pass": _positive_int(),
     "use_kernels": Key(bool),
     "lr_scheduler": Key(str, choices=LR_SCHEDULERS),
-    "warmup_ratio": Key(float, minimum=0, maximum=1,
-                        none="no warm-up (read with lr_scheduler: cosine only)"),
+    "warmup_ratio": Key(
+        float, minimum=0, maximum=1, none="no warm-up (read with lr_scheduler: cosine only)"
+    ),
     "train_batch_size": _positive_int(),
     "eval_batch_size": _positive_int(),
 }
@@ -191,13 +194,29 @@ MODEL_KEYS = {
 #: RecBole's own models: size keys checked when set (their models have no default for a None)
 RECBOLE_MODEL_KEYS = {
     key: _positive_int(none="unused by the model")
-    for key in ("hidden_size", "n_layers", "n_heads", "head_size", "d_state", "expand", "d_conv",
-                "chunk_size", "ffn_inner_size", "inner_size", "train_batch_size", "eval_batch_size")
+    for key in (
+        "hidden_size",
+        "n_layers",
+        "n_heads",
+        "head_size",
+        "d_state",
+        "expand",
+        "d_conv",
+        "chunk_size",
+        "ffn_inner_size",
+        "inner_size",
+        "train_batch_size",
+        "eval_batch_size",
+    )
 }
 
 #: where ``hidden_size`` must be divisible by ``n_heads``: the keys that, when set, lift it
-_PER_HEAD_KEYS = {"Hydra": ("head_size",), "HydraMD": ("head_size",), "HSTU": ("attention_dim", "linear_dim"),
-                  "SASRecGen": ()}
+_PER_HEAD_KEYS = {
+    "Hydra": ("head_size",),
+    "HydraMD": ("head_size",),
+    "HSTU": ("attention_dim", "linear_dim"),
+    "SASRecGen": (),
+}
 
 
 def _model_name(config) -> str:
@@ -215,7 +234,9 @@ def validate(config) -> None:
         value = config[key]
         if value is None:
             if rule.none is None:
-                raise UsageError(f"{key} is not set: set it to {rule.describe()} (e.g. --{key}=VALUE)")
+                raise UsageError(
+                    f"{key} is not set: set it to {rule.describe()} (e.g. --{key}=VALUE)"
+                )
             continue
         if not rule.accepts(value):
             unset = f", or ~ for {rule.none}" if rule.none is not None and plugin else ""
@@ -225,7 +246,9 @@ def validate(config) -> None:
     else:
         hidden, heads = config["hidden_size"], config["n_heads"]
         if hidden and heads and not config["head_size"] and hidden % heads:
-            raise UsageError(f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): change one of them")
+            raise UsageError(
+                f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): change one of them"
+            )
 
 
 def _check_plugin_sizes(name, config) -> None:
@@ -235,14 +258,20 @@ def _check_plugin_sizes(name, config) -> None:
         needs_division = not lifted_by or any(config[k] is None for k in lifted_by)
         if needs_division and hidden % heads:
             alternative = " or set " + " and ".join(lifted_by) + " explicitly" if lifted_by else ""
-            raise UsageError(f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): "
-                             f"change one of them{alternative}")
+            raise UsageError(
+                f"hidden_size ({hidden}) is not divisible by n_heads ({heads}): "
+                f"change one of them{alternative}"
+            )
     if name in ("Hydra", "HydraMD") and config["ssd_headdim"] is not None:
         head_size = config["head_size"] or config["hidden_size"] // config["n_heads"]
         inner = config["expand"] * head_size
         if inner % config["ssd_headdim"]:
-            raise UsageError(f"expand * head_size ({inner}) is not divisible by ssd_headdim "
-                             f"({config['ssd_headdim']}): set ssd_headdim to a divisor of {inner}, or ~")
+            raise UsageError(
+                f"expand * head_size ({inner}) is not divisible by ssd_headdim "
+                f"({config['ssd_headdim']}): set ssd_headdim to a divisor of {inner}, or ~"
+            )
     if config["loss_type"] == "InfoNCE" and config["num_negatives"] < 1:
-        raise UsageError(f"loss_type: InfoNCE needs num_negatives >= 1, got {config['num_negatives']}: "
-                         "set num_negatives (e.g. 512) or loss_type: CE")
+        raise UsageError(
+            f"loss_type: InfoNCE needs num_negatives >= 1, got {config['num_negatives']}: "
+            "set num_negatives (e.g. 512) or loss_type: CE"
+        )

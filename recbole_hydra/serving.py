@@ -70,8 +70,10 @@ class StreamingRecommender:
         device = self.model.item_embedding.weight.device
         if len(histories) == 0:
             raise ValueError("the history is empty: a state starts from at least one item")
-        if isinstance(histories, torch.Tensor) and histories.dim() == 1 or (
-            len(histories) and not isinstance(histories[0], (Sequence, torch.Tensor))
+        if (
+            isinstance(histories, torch.Tensor)
+            and histories.dim() == 1
+            or (len(histories) and not isinstance(histories[0], (Sequence, torch.Tensor)))
         ):
             histories = [histories]
         seqs = [torch.as_tensor(h, dtype=torch.long, device=device).reshape(-1) for h in histories]
@@ -83,7 +85,9 @@ class StreamingRecommender:
         padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
         hidden, caches = self.model.forward_with_caches(padded, lengths)
         last = hidden[torch.arange(len(seqs), device=device), lengths - 1]
-        return StreamState(lengths, last, tuple(c.conv_state for c in caches), tuple(c.ssm_state for c in caches))
+        return StreamState(
+            lengths, last, tuple(c.conv_state for c in caches), tuple(c.ssm_state for c in caches)
+        )
 
     @torch.no_grad()
     def update(self, state: StreamState, item_ids) -> StreamState:
@@ -94,14 +98,19 @@ class StreamingRecommender:
         self._check_items(items)
         caches = [Mamba2Cache(c, s) for c, s in zip(state.conv_states, state.ssm_states)]
         hidden, caches = self.model.step(items, state.position, caches)
-        return StreamState(state.position + 1, hidden, tuple(c.conv_state for c in caches),
-                           tuple(c.ssm_state for c in caches))
+        return StreamState(
+            state.position + 1,
+            hidden,
+            tuple(c.conv_state for c in caches),
+            tuple(c.ssm_state for c in caches),
+        )
 
     @staticmethod
     def batch(states: Sequence[StreamState]) -> StreamState:
         """Concatenate users' states into one batch."""
         return StreamState(
-            torch.cat([s.position for s in states]), torch.cat([s.hidden for s in states]),
+            torch.cat([s.position for s in states]),
+            torch.cat([s.hidden for s in states]),
             tuple(torch.cat(layer) for layer in zip(*(s.conv_states for s in states))),
             tuple(torch.cat(layer) for layer in zip(*(s.ssm_states for s in states))),
         )
@@ -111,8 +120,12 @@ class StreamingRecommender:
         """The users ``index`` (an int, slice or index tensor) of a batched state."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return StreamState(state.position[index], state.hidden[index],
-                           tuple(c[index] for c in state.conv_states), tuple(s[index] for s in state.ssm_states))
+        return StreamState(
+            state.position[index],
+            state.hidden[index],
+            tuple(c[index] for c in state.conv_states),
+            tuple(s[index] for s in state.ssm_states),
+        )
 
     # -- recommendations ---------------------------------------------------------------------
     @torch.no_grad()
@@ -134,7 +147,9 @@ class StreamingRecommender:
             excluded = len(torch.unique(torch.cat([exclude.flatten(), exclude.new_zeros(1)])))
         candidates = scores.shape[1] - excluded
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= candidates:
-            raise ValueError(f"k must be an integer from 1 to {candidates} (the items left to recommend), got {k!r}")
+            raise ValueError(
+                f"k must be an integer from 1 to {candidates} (the items left to recommend), got {k!r}"
+            )
         return scores.topk(k, dim=-1)
 
 
@@ -153,8 +168,10 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
     out = out or sys.stdout
     config, model, dataset, _, _, test = load_data_and_model(checkpoint)
     if not isinstance(model, Hydra):
-        raise UsageError(f"{checkpoint} holds a {type(model).__name__} model; --recommend needs "
-                         "a Hydra checkpoint")
+        raise UsageError(
+            f"{checkpoint} holds a {type(model).__name__} model; --recommend needs "
+            "a Hydra checkpoint"
+        )
     streamer = StreamingRecommender(model.to("cpu"))
     inter = test.dataset.inter_feat
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
@@ -162,20 +179,28 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
         try:
             uid = int(dataset.token2id(uid_field, str(user)))
         except ValueError:
-            raise ValueError(f"unknown user {user!r}: user tokens as in the dataset's .inter file") from None
+            raise ValueError(
+                f"unknown user {user!r}: user tokens as in the dataset's .inter file"
+            ) from None
         rows = (inter[uid_field] == uid).nonzero().flatten()
         if len(rows) == 0:
             raise ValueError(f"user {user!r} has no test history to recommend from")
         row = inter[rows[-1:]]
-        history = row[model.ITEM_SEQ][0, : int(row[model.ITEM_SEQ_LEN][0])].tolist() + [int(row[iid_field][0])]
+        history = row[model.ITEM_SEQ][0, : int(row[model.ITEM_SEQ_LEN][0])].tolist() + [
+            int(row[iid_field][0])
+        ]
         n_replay = min(replay, len(history) - 1)  # this user's; a short history caps only its own
         state = streamer.init_state(history[: len(history) - n_replay])
-        events = history[len(history) - n_replay:]
+        events = history[len(history) - n_replay :]
         for step in range(n_replay + 1):
             seen = history[: len(history) - n_replay + step]
             _, items = streamer.topk(state, k, exclude=seen)
             tokens = dataset.id2token(iid_field, items[0].tolist())
-            label = f"after {dataset.id2token(iid_field, [seen[-1]])[0]}" if replay else f"{len(seen)} events"
+            label = (
+                f"after {dataset.id2token(iid_field, [seen[-1]])[0]}"
+                if replay
+                else f"{len(seen)} events"
+            )
             out.write(f"user {user} ({label}): {' | '.join(map(str, tokens))}\n")
             if step < n_replay:
                 state = streamer.update(state, events[step])

@@ -35,8 +35,19 @@ from recbole_hydra.registry import build_model, create_dataset, get_trainer
 from recbole_hydra.trainer import record_history
 
 
-def run(model, dataset, config_file_list=None, config_dict=None, saved=True, epoch_callback=None,
-        nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0):
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    epoch_callback=None,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port=5678,
+    group_offset=0,
+):
     """Train and test ``model`` (a name or class) on ``dataset``; returns RecBole's result dict
     plus ``model_file``, ``n_params``, ``epochs`` and ``history`` (per epoch: training seconds,
     valid score and wall clock since training started).
@@ -47,9 +58,18 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, epo
     multi-process arguments: with ``nproc != 1`` or ``world_size > 0`` the run is spread over
     processes and this returns global rank 0's result (None on a machine without it)."""
     if nproc != 1 or world_size > 0:
-        return run_distributed(model, dataset, config_file_list, config_dict, saved=saved,
-                               nproc=nproc, world_size=world_size, ip=ip, port=port,
-                               group_offset=group_offset)
+        return run_distributed(
+            model,
+            dataset,
+            config_file_list,
+            config_dict,
+            saved=saved,
+            nproc=nproc,
+            world_size=world_size,
+            ip=ip,
+            port=port,
+            group_offset=group_offset,
+        )
     config = make_config(model, dataset, config_file_list, config_dict)
     return train_and_test(config, saved=saved, epoch_callback=epoch_callback)
 
@@ -79,8 +99,9 @@ def _train_and_test(config, saved, epoch_callback):
     trainer = get_trainer(config)(config, model)
     if not config["single_spec"]:
         compat.share_checkpoint(trainer)
-    history = record_history(trainer, config["time_budget_s"], epoch_callback,
-                             distributed=not config["single_spec"])
+    history = record_history(
+        trainer, config["time_budget_s"], epoch_callback, distributed=not config["single_spec"]
+    )
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -106,12 +127,13 @@ def evaluate_checkpoint(model_file, show_progress=True):
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
     trainer = get_trainer(config)(config, model)
     with kernels.use(config["use_kernels"] is not False):
-        valid_result = trainer.evaluate(valid_data, load_best_model=False,
-                                        show_progress=show_progress)
-        test_result = trainer.evaluate(test_data, load_best_model=False,
-                                       show_progress=show_progress)
-    return {"best_valid_result": valid_result, "test_result": test_result,
-            "model_file": model_file}
+        valid_result = trainer.evaluate(
+            valid_data, load_best_model=False, show_progress=show_progress
+        )
+        test_result = trainer.evaluate(
+            test_data, load_best_model=False, show_progress=show_progress
+        )
+    return {"best_valid_result": valid_result, "test_result": test_result, "model_file": model_file}
 
 
 def results_table(result):
@@ -119,8 +141,10 @@ def results_table(result):
     rows = [("valid", result["best_valid_result"]), ("test", result["test_result"])]
     metrics = list(result["test_result"])
     lines = ["| split | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |"
-              for name, values in rows]
+    lines += [
+        f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |"
+        for name, values in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +163,19 @@ def check_group(nproc, world_size, group_offset):
     return world_size
 
 
-def run_distributed(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
-                    world_size=-1, ip="localhost", port=5678, group_offset=0, timeout_s=None):
+def run_distributed(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port=5678,
+    group_offset=0,
+    timeout_s=None,
+):
     """Train and test on ``nproc`` local processes of a group of ``world_size``; returns the
     result of global rank 0 (``run``'s dict) on the node that has it, else None."""
     world_size = check_group(nproc, world_size, group_offset)
@@ -148,8 +183,12 @@ def run_distributed(model, dataset, config_file_list=None, config_dict=None, sav
     queue = mp.get_context("spawn").SimpleQueue()
     group = (world_size, nproc, ip, port, group_offset, timeout_s)
     try:
-        mp.spawn(_spawned, args=(model, dataset, config_file_list, config_dict, saved, group,
-                                 queue), nprocs=nproc, join=True)
+        mp.spawn(
+            _spawned,
+            args=(model, dataset, config_file_list, config_dict, saved, group, queue),
+            nprocs=nproc,
+            join=True,
+        )
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
         errors = []
         while not queue.empty():
@@ -167,13 +206,26 @@ def run_distributed(model, dataset, config_file_list=None, config_dict=None, sav
     return results[0] if results else None
 
 
-def run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, world_size,
-             nproc, ip="localhost", port=5678, group_offset=0, timeout_s=None):
+def run_rank(
+    local_rank,
+    model,
+    dataset,
+    config_file_list,
+    config_dict,
+    saved,
+    world_size,
+    nproc,
+    ip="localhost",
+    port=5678,
+    group_offset=0,
+    timeout_s=None,
+):
     """The work of one process: join the group as rank ``group_offset + local_rank``, train and
     test, leave the group. Returns this rank's result."""
     config = make_config(model, dataset, config_file_list, config_dict)
-    compat.init_distributed(config, local_rank, world_size, nproc, ip, port, group_offset,
-                            timeout_s=timeout_s)
+    compat.init_distributed(
+        config, local_rank, world_size, nproc, ip, port, group_offset, timeout_s=timeout_s
+    )
     try:
         if config["device"].type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
@@ -185,8 +237,20 @@ def run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, w
 def _spawned(local_rank, model, dataset, config_file_list, config_dict, saved, group, queue):
     world_size, nproc, ip, port, group_offset, timeout_s = group
     try:
-        result = run_rank(local_rank, model, dataset, config_file_list, config_dict, saved,
-                          world_size, nproc, ip, port, group_offset, timeout_s)
+        result = run_rank(
+            local_rank,
+            model,
+            dataset,
+            config_file_list,
+            config_dict,
+            saved,
+            world_size,
+            nproc,
+            ip,
+            port,
+            group_offset,
+            timeout_s,
+        )
     except ValueError as err:  # UsageError included
         queue.put(("error", str(err)))
         raise

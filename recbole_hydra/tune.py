@@ -39,13 +39,16 @@ from recbole_hydra.training import evaluate_checkpoint, results_table, run
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
 METRIC = "valid_score"  # the config's valid_metric, as reported by every trial
 STOPPED_MARK = "stopped_early"  # a file in the directory of a trial that ASHA stopped
-SYNTAX = ("lines look like 'NAME TYPE VALUE': choice [a,b,...] | uniform LOW,HIGH | "
-          "quniform LOW,HIGH,Q | loguniform LOW,HIGH (exponents of e, as in RecBole)")
+SYNTAX = (
+    "lines look like 'NAME TYPE VALUE': choice [a,b,...] | uniform LOW,HIGH | "
+    "quniform LOW,HIGH,Q | loguniform LOW,HIGH (exponents of e, as in RecBole)"
+)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------------------------
 # the params file
+
 
 def parse_params(text, source="params file"):
     """``{name: (type, values)}`` from the text of a RecBole hyper file; UsageError naming the
@@ -77,8 +80,9 @@ def parse_params(text, source="params file"):
             continue
         parts = value.split(",")
         if len(parts) != (3 if kind == "quniform" else 2):
-            raise UsageError(f"{where} {kind} needs "
-                             + ("LOW,HIGH,Q" if kind == "quniform" else "LOW,HIGH"))
+            raise UsageError(
+                f"{where} {kind} needs " + ("LOW,HIGH,Q" if kind == "quniform" else "LOW,HIGH")
+            )
         try:
             numbers = [float(p) for p in parts]
         except ValueError:
@@ -136,6 +140,7 @@ def search_space(params):
 # --------------------------------------------------------------------------------------------
 # one trial (runs in a Ray worker, in the trial's directory)
 
+
 def _report(metrics):
     try:  # ray >= 2.7
         from ray import train
@@ -171,37 +176,70 @@ def run_trial(params, base):
         root.removeHandler(handler)
     config_dict = {**base["config_dict"], **_plain(params), "show_progress": False}
     # The GPUs Ray gave the trial (RecBole would otherwise reset CUDA_VISIBLE_DEVICES to gpu_id).
-    config_dict["gpu_id"] = (os.environ.get("CUDA_VISIBLE_DEVICES", "")
-                             if base["gpus_per_trial"] else "")
+    config_dict["gpu_id"] = (
+        os.environ.get("CUDA_VISIBLE_DEVICES", "") if base["gpus_per_trial"] else ""
+    )
 
     def report_epoch(epoch, entry, trainer):
-        _report({METRIC: entry["valid_score"], "epoch": epoch,
-                 "model_file": os.path.abspath(trainer.saved_model_file),
-                 **{f"valid/{k}": v for k, v in entry["valid_result"].items()}})
+        _report(
+            {
+                METRIC: entry["valid_score"],
+                "epoch": epoch,
+                "model_file": os.path.abspath(trainer.saved_model_file),
+                **{f"valid/{k}": v for k, v in entry["valid_result"].items()},
+            }
+        )
 
     try:
-        result = run(base["model"], base["dataset"], base["config_file_list"], config_dict,
-                     epoch_callback=report_epoch)
+        result = run(
+            base["model"],
+            base["dataset"],
+            base["config_file_list"],
+            config_dict,
+            epoch_callback=report_epoch,
+        )
     except SystemExit:  # how Ray ends a trial that its scheduler stops, inside report()
         Path(STOPPED_MARK).write_text("stopped by the scheduler (ASHA)\n")
         raise
     model_file = os.path.abspath(result["model_file"])
-    Path("result.json").write_text(json.dumps(
-        {k: _plain(v) for k, v in {**result, "model_file": model_file}.items()}, indent=1))
+    Path("result.json").write_text(
+        json.dumps(
+            {k: _plain(v) for k, v in {**result, "model_file": model_file}.items()}, indent=1
+        )
+    )
     Path("results.md").write_text(results_table(result))
     # No "epoch" in this last report: ASHA (time_attr="epoch") ignores it.
-    _report({METRIC: result["best_valid_score"], "epochs_trained": result["epochs"],
-             "model_file": model_file,
-             **{f"test/{k}": v for k, v in result["test_result"].items()}})
+    _report(
+        {
+            METRIC: result["best_valid_score"],
+            "epochs_trained": result["epochs"],
+            "model_file": model_file,
+            **{f"test/{k}": v for k, v in result["test_result"].items()},
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the search (driver)
 
-def search(model, dataset, params_file=None, config_file_list=None, config_dict=None,
-           num_samples=8, cpus_per_trial=1, gpus_per_trial=0, max_concurrent=None,
-           ray_address=None, resume=None, tune_dir="tune_results", points_to_evaluate=None,
-           verbose=1, ray_init_kwargs=None):
+
+def search(
+    model,
+    dataset,
+    params_file=None,
+    config_file_list=None,
+    config_dict=None,
+    num_samples=8,
+    cpus_per_trial=1,
+    gpus_per_trial=0,
+    max_concurrent=None,
+    ray_address=None,
+    resume=None,
+    tune_dir="tune_results",
+    points_to_evaluate=None,
+    verbose=1,
+    ray_init_kwargs=None,
+):
     """Run (or with ``resume``, continue) a search; returns a summary dict (``rows`` best
     first, ``best``, ``best_test_result``, ``experiment_dir`` and the paths it wrote).
 
@@ -221,9 +259,17 @@ def search(model, dataset, params_file=None, config_file_list=None, config_dict=
     else:
         params_file = params_file or default_params_file(model)
         params = read_params_file(params_file)
-        base, experiment_dir = _new_experiment(model, dataset, params, params_file,
-                                               config_file_list, config_dict, cpus_per_trial,
-                                               gpus_per_trial, tune_dir)
+        base, experiment_dir = _new_experiment(
+            model,
+            dataset,
+            params,
+            params_file,
+            config_file_list,
+            config_dict,
+            cpus_per_trial,
+            gpus_per_trial,
+            tune_dir,
+        )
     import ray
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler
@@ -231,33 +277,52 @@ def search(model, dataset, params_file=None, config_file_list=None, config_dict=
 
     started = False
     if not ray.is_initialized():
-        kwargs = dict(address=ray_address) if ray_address else dict(
-            include_dashboard=False, log_to_driver=False, **(ray_init_kwargs or {}))
+        kwargs = (
+            dict(address=ray_address)
+            if ray_address
+            else dict(include_dashboard=False, log_to_driver=False, **(ray_init_kwargs or {}))
+        )
         ray.init(**kwargs)
         started = True
     try:
         trainable = tune.with_resources(
-            _trainable(base), {"cpu": base["cpus_per_trial"], "gpu": base["gpus_per_trial"]})
+            _trainable(base), {"cpu": base["cpus_per_trial"], "gpu": base["gpus_per_trial"]}
+        )
         if resume:
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable,
-                                       resume_unfinished=True)
+            tuner = tune.Tuner.restore(
+                str(experiment_dir), trainable=trainable, resume_unfinished=True
+            )
         else:
-            scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=base["mode"],
-                                      max_t=max(1, base["epochs"]), grace_period=1,
-                                      reduction_factor=2, stop_last_trials=False)
+            scheduler = ASHAScheduler(
+                time_attr="epoch",
+                metric=METRIC,
+                mode=base["mode"],
+                max_t=max(1, base["epochs"]),
+                grace_period=1,
+                reduction_factor=2,
+                stop_last_trials=False,
+            )
             tuner = tune.Tuner(
                 trainable,
                 param_space=search_space(params),
                 tune_config=tune.TuneConfig(
-                    num_samples=num_samples, scheduler=scheduler,
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points_to_evaluate,
-                                                     max_concurrent=max_concurrent or 0,
-                                                     random_state=base["seed"]),
+                    num_samples=num_samples,
+                    scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(
+                        points_to_evaluate=points_to_evaluate,
+                        max_concurrent=max_concurrent or 0,
+                        random_state=base["seed"],
+                    ),
                     reuse_actors=False,
-                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                run_config=air.RunConfig(name=experiment_dir.name,
-                                         storage_path=str(experiment_dir.parent),
-                                         verbose=verbose, log_to_file=True),
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=air.RunConfig(
+                    name=experiment_dir.name,
+                    storage_path=str(experiment_dir.parent),
+                    verbose=verbose,
+                    log_to_file=True,
+                ),
             )
         grid = tuner.fit()
         return summarise(grid, base, params, experiment_dir)
@@ -277,8 +342,17 @@ def _trial_name(trial):
     return f"trial_{trial.trial_id}"
 
 
-def _new_experiment(model, dataset, params, params_file, config_file_list, config_dict,
-                    cpus_per_trial, gpus_per_trial, tune_dir):
+def _new_experiment(
+    model,
+    dataset,
+    params,
+    params_file,
+    config_file_list,
+    config_dict,
+    cpus_per_trial,
+    gpus_per_trial,
+    tune_dir,
+):
     """Check the command line as a plain run would, and fix what each trial runs with."""
     from recbole.utils import get_local_time
 
@@ -286,21 +360,28 @@ def _new_experiment(model, dataset, params, params_file, config_file_list, confi
     config = make_config(model, dataset, config_file_list, config_dict)  # UsageError early
     unknown = [k for k in params if k not in config.final_config_dict]
     if unknown:
-        raise UsageError(f"{params_file}: {', '.join(unknown)} is not a config key of "
-                         f"{config['model']} (a typo?)")
+        raise UsageError(
+            f"{params_file}: {', '.join(unknown)} is not a config key of "
+            f"{config['model']} (a typo?)"
+        )
     trial_dict = dict(config_dict)
     # Trials run in their own directories (maybe on other machines): absolute paths.
     trial_dict["data_path"] = os.path.abspath(os.path.dirname(config["data_path"].rstrip("/")))
     base = {
-        "model": config["model"], "dataset": dataset,
+        "model": config["model"],
+        "dataset": dataset,
         "config_file_list": [os.path.abspath(f) for f in config_file_list or []],
-        "config_dict": trial_dict, "user_config_dict": config_dict,
+        "config_dict": trial_dict,
+        "user_config_dict": config_dict,
         "user_config_files": list(config_file_list or []),
-        "params_file": str(params_file), "params_text": Path(params_file).read_text("utf-8"),
+        "params_file": str(params_file),
+        "params_text": Path(params_file).read_text("utf-8"),
         "valid_metric": config["valid_metric"].lower(),
         "mode": "max" if config["valid_metric_bigger"] else "min",
-        "epochs": int(config["epochs"]), "seed": int(config["seed"]),
-        "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+        "epochs": int(config["epochs"]),
+        "seed": int(config["seed"]),
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
     }
     name = f"{config['model']}-{dataset}-{get_local_time()}"
     experiment_dir = Path(tune_dir).resolve() / name
@@ -324,6 +405,7 @@ def _experiment_to_resume(resume, tune_dir):
 # --------------------------------------------------------------------------------------------
 # the tables and the best config
 
+
 def summarise(grid, base, params, experiment_dir):
     metric, bigger = base["valid_metric"], base["mode"] == "max"
     rows = []
@@ -336,15 +418,25 @@ def summarise(grid, base, params, experiment_dir):
     best_test = None
     if best is not None:
         best_test = best["test"] or _test_from_checkpoint(best["model_file"])
-    paths = {"table_md": experiment_dir / "trials.md", "table_csv": experiment_dir / "trials.csv",
-             "best_yaml": experiment_dir / "best.yaml"}
+    paths = {
+        "table_md": experiment_dir / "trials.md",
+        "table_csv": experiment_dir / "trials.csv",
+        "best_yaml": experiment_dir / "best.yaml",
+    }
     paths["table_md"].write_text(markdown(rows, params, metric, best, best_test))
     _write_csv(paths["table_csv"], rows, params, metric)
     if best is not None:
         paths["best_yaml"].write_text(best_yaml(best, base, len(rows), experiment_dir))
     unfinished = sum(r["status"] == "unfinished" for r in rows)
-    return {"rows": rows, "best": best, "best_test_result": best_test, "unfinished": unfinished,
-            "experiment_dir": experiment_dir, "metric": metric, **paths}
+    return {
+        "rows": rows,
+        "best": best,
+        "best_test_result": best_test,
+        "unfinished": unfinished,
+        "experiment_dir": experiment_dir,
+        "metric": metric,
+        **paths,
+    }
 
 
 def _row(result, params, bigger=True):
@@ -404,17 +496,24 @@ def markdown(rows, params, metric, best, best_test):
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for i, row in enumerate(rows, 1):
         status = row["status"] + (f": {row['error']}" if row["error"] else "")
-        cells = [str(i), row["trial"], status.replace("|", "\\|"),
-                 *(_fmt(row["params"][p]) for p in params), str(row["epochs"]),
-                 "" if row["best_valid"] is None else f"{row['best_valid']:.4f}",
-                 f"{row['test'][metric]:.4f}" if metric in row["test"] else ""]
+        cells = [
+            str(i),
+            row["trial"],
+            status.replace("|", "\\|"),
+            *(_fmt(row["params"][p]) for p in params),
+            str(row["epochs"]),
+            "" if row["best_valid"] is None else f"{row['best_valid']:.4f}",
+            f"{row['test'][metric]:.4f}" if metric in row["test"] else "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if best is not None and best_test:
         metrics = list(best_test)
-        text += (f"\nbest trial {best['trial']} (valid {metric} {best['best_valid']:.4f}), "
-                 f"test:\n\n| " + " | ".join(metrics) + " |\n" + "|---" * len(metrics) + "|\n"
-                 "| " + " | ".join(f"{best_test[m]:.4f}" for m in metrics) + " |\n")
+        text += (
+            f"\nbest trial {best['trial']} (valid {metric} {best['best_valid']:.4f}), "
+            f"test:\n\n| " + " | ".join(metrics) + " |\n" + "|---" * len(metrics) + "|\n"
+            "| " + " | ".join(f"{best_test[m]:.4f}" for m in metrics) + " |\n"
+        )
     return text
 
 
@@ -422,13 +521,35 @@ def _write_csv(path, rows, params, metric):
     tests = sorted({k for row in rows for k in row["test"]})
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["rank", "trial", "status", *params, "epochs", f"valid_{metric}",
-                         *(f"test_{k}" for k in tests), "model_file", "trial_dir", "error"])
+        writer.writerow(
+            [
+                "rank",
+                "trial",
+                "status",
+                *params,
+                "epochs",
+                f"valid_{metric}",
+                *(f"test_{k}" for k in tests),
+                "model_file",
+                "trial_dir",
+                "error",
+            ]
+        )
         for i, row in enumerate(rows, 1):
-            writer.writerow([i, row["trial"], row["status"], *(row["params"][p] for p in params),
-                             row["epochs"], "" if row["best_valid"] is None else row["best_valid"],
-                             *(row["test"].get(k, "") for k in tests), row["model_file"],
-                             row["trial_dir"], row["error"]])
+            writer.writerow(
+                [
+                    i,
+                    row["trial"],
+                    row["status"],
+                    *(row["params"][p] for p in params),
+                    row["epochs"],
+                    "" if row["best_valid"] is None else row["best_valid"],
+                    *(row["test"].get(k, "") for k in tests),
+                    row["model_file"],
+                    row["trial_dir"],
+                    row["error"],
+                ]
+            )
 
 
 def best_yaml(best, base, n_trials, experiment_dir):
@@ -436,10 +557,12 @@ def best_yaml(best, base, n_trials, experiment_dir):
     import yaml
 
     files = " ".join(base["user_config_files"] + [str(experiment_dir / "best.yaml")])
-    head = (f"# Best of {n_trials} trials of {experiment_dir.name} (trial {best['trial']}, "
-            f"valid {base['valid_metric']} {best['best_valid']:.4f}).\n"
-            f"# python run_hydra.py --model={base['model']} --dataset={base['dataset']} "
-            f"--config_files=\"{files}\"\n")
+    head = (
+        f"# Best of {n_trials} trials of {experiment_dir.name} (trial {best['trial']}, "
+        f"valid {base['valid_metric']} {best['best_valid']:.4f}).\n"
+        f"# python run_hydra.py --model={base['model']} --dataset={base['dataset']} "
+        f'--config_files="{files}"\n'
+    )
     tuned = {k: _plain(v) for k, v in best["params"].items()}
     fixed = {k: v for k, v in base["user_config_dict"].items() if k not in tuned}
     text = head + "# tuned\n" + yaml.safe_dump(tuned, sort_keys=False)

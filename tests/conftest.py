@@ -1,7 +1,6 @@
 """Shared fixtures: tiny RecBole datasets written by the tests, and a working directory per test
 (RecBole writes log/, saved/ and log_tensorboard/ into the current directory)."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,9 @@ import recbole_hydra  # noqa: F401  (applies the RecBole compat shims)
 # OpenMP's spinning threads make each small matmul ~10x slower.
 torch.set_num_threads(1)
 
-ML100K = Path(__import__("recbole").__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+ML100K = (
+    Path(__import__("recbole").__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+)
 
 
 def write_inter(root, name, rows, with_time=True):
@@ -22,9 +23,7 @@ def write_inter(root, name, rows, with_time=True):
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     header = "user_id:token\titem_id:token" + ("\ttimestamp:float" if with_time else "")
-    lines = [header] + [
-        "\t".join(str(v) for v in (row if with_time else row[:2])) for row in rows
-    ]
+    lines = [header] + ["\t".join(str(v) for v in (row if with_time else row[:2])) for row in rows]
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     return str(root)
 
@@ -34,7 +33,9 @@ def write_domains(root, name, rows, with_domain=True):
     column when ``with_domain`` is False: one single-domain dataset of a merge)."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    header = "user_id:token\titem_id:token\ttimestamp:float" + ("\tdomain:token" if with_domain else "")
+    header = "user_id:token\titem_id:token\ttimestamp:float" + (
+        "\tdomain:token" if with_domain else ""
+    )
     lines = [header] + ["\t".join(map(str, r if with_domain else r[:3])) for r in rows]
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     return str(root)

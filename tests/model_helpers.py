@@ -3,14 +3,18 @@
 import torch
 from recbole.data import data_preparation
 
-from recbole_hydra.config import make_config
 from recbole_hydra import registry
+from recbole_hydra.config import make_config
 from recbole_hydra.registry import create_dataset
 from tests.conftest import quiet_config, random_sequences, write_inter
 
 
-def build_model(tmp_path, model, n_users=20, n_items=30, min_len=3, max_len=12, rows=None, **overrides):
-    root = write_inter(tmp_path / "data", "toy", rows or random_sequences(n_users, n_items, min_len, max_len))
+def build_model(
+    tmp_path, model, n_users=20, n_items=30, min_len=3, max_len=12, rows=None, **overrides
+):
+    root = write_inter(
+        tmp_path / "data", "toy", rows or random_sequences(n_users, n_items, min_len, max_len)
+    )
     config = make_config(model, "toy", config_dict=quiet_config(root, **overrides))
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
@@ -51,7 +55,9 @@ def assert_padding_invariant(model, **inputs):
     real = ~pad
     torch.testing.assert_close(out2[real], out[real], rtol=1e-5, atol=1e-5)
     longer = torch.nn.functional.pad(seq, (0, 7))  # more padding at the end
-    out3 = model(longer, lengths, **{k: torch.nn.functional.pad(v, (0, 7)) for k, v in inputs.items()})
+    out3 = model(
+        longer, lengths, **{k: torch.nn.functional.pad(v, (0, 7)) for k, v in inputs.items()}
+    )
     torch.testing.assert_close(out3[:, : seq.size(1)][real], out[real], rtol=1e-5, atol=1e-5)
 
 
@@ -60,7 +66,11 @@ def assert_gradients_reach_every_parameter(model, train):
     batch = next(iter(train))
     model.zero_grad()
     model.calculate_loss(batch).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not missing, f"no gradient reaches {missing}"
 
 

@@ -14,9 +14,13 @@ from recbole_hydra.data.amazon2023 import convert, main
 from recbole_hydra.data.catalogue import missing_dataset_hint
 
 T0 = 1_588_615_855_070  # a millisecond timestamp as the dataset publishes them
-TEXT = {"title": 'Vinyl 12" "Deluxe"\tEdition\nRemastered', "main_category": "Books",
-        "categories": ["Books", "Literature & Fiction", " Genre\tFiction "],
-        "description": ["First  paragraph.", "Second\r\nparagraph."], "store": None}
+TEXT = {
+    "title": 'Vinyl 12" "Deluxe"\tEdition\nRemastered',
+    "main_category": "Books",
+    "categories": ["Books", "Literature & Fiction", " Genre\tFiction "],
+    "description": ["First  paragraph.", "Second\r\nparagraph."],
+    "store": None,
+}
 
 
 def random_rows(n_users=80, n_items=40, seed=0, max_len=14):
@@ -28,8 +32,14 @@ def random_rows(n_users=80, n_items=40, seed=0, max_len=14):
     for u in range(n_users):
         for _ in range(int(rng.integers(1, max_len))):
             item = int(rng.choice(n_items, p=weights))
-            rows.append((f"AG{u:05d}XYZ", f"B{item:09d}", float(rng.integers(1, 6)),
-                         T0 + int(rng.integers(0, 10**6)) * 7))
+            rows.append(
+                (
+                    f"AG{u:05d}XYZ",
+                    f"B{item:09d}",
+                    float(rng.integers(1, 6)),
+                    T0 + int(rng.integers(0, 10**6)) * 7,
+                )
+            )
     for j in rng.choice(len(rows), 15, replace=False):  # repeated (user, item, time)
         rows.append(rows[int(j)][:2] + (5.0,) + rows[int(j)][3:])
     order = rng.permutation(len(rows))
@@ -49,10 +59,23 @@ def write_reviews(path, rows):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wt", encoding="utf-8") as f:
         for user, item, rating, ms in rows:
-            f.write(json.dumps({"rating": rating, "title": "Great\tbook", "text": "I liked it.\n",
-                                "images": [], "asin": item, "parent_asin": item,
-                                "user_id": user, "timestamp": ms, "helpful_vote": 0,
-                                "verified_purchase": True}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "rating": rating,
+                        "title": "Great\tbook",
+                        "text": "I liked it.\n",
+                        "images": [],
+                        "asin": item,
+                        "parent_asin": item,
+                        "user_id": user,
+                        "timestamp": ms,
+                        "helpful_vote": 0,
+                        "verified_purchase": True,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -60,9 +83,23 @@ def write_meta(path, items, text=TEXT):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wt", encoding="utf-8") as f:
         for item in items:
-            f.write(json.dumps(dict(text, parent_asin=item, average_rating=4.5, rating_number=3,
-                                    features=[], price=None, images=[], videos=[],
-                                    details={"Pages": 300}, bought_together=None)) + "\n")
+            f.write(
+                json.dumps(
+                    dict(
+                        text,
+                        parent_asin=item,
+                        average_rating=4.5,
+                        rating_number=3,
+                        features=[],
+                        price=None,
+                        images=[],
+                        videos=[],
+                        details={"Pages": 300},
+                        bought_together=None,
+                    )
+                )
+                + "\n"
+            )
     return path
 
 
@@ -99,14 +136,17 @@ def test_csv_and_jsonl_plain_and_gz_give_the_reference_5_core(tmp_path):
         raw.mkdir()
         (write_csv if ".csv" in name else write_reviews)(raw / name, rows)
         stats = run_convert(raw, tmp_path / f"out_{name}")
-        outputs.append((tmp_path / f"out_{name}" / "amazon-books" / "amazon-books.inter").read_bytes())
+        outputs.append(
+            (tmp_path / f"out_{name}" / "amazon-books" / "amazon-books.inter").read_bytes()
+        )
     assert len(set(outputs)) == 1
 
     expected = reference(rows)
     header, got = read_inter(tmp_path / "out_Books.csv")
     assert header == "user_id:token\titem_id:token\trating:float\ttimestamp:float"
     assert Counter((u, i, float(r), float(t)) for u, i, r, t in got) == Counter(
-        (u, i, r, ms / 1000) for u, i, r, ms in expected)
+        (u, i, r, ms / 1000) for u, i, r, ms in expected
+    )
     keys = [(u, float(t), i) for u, i, _, t in got]
     assert keys == sorted(keys)  # by user, then time, then item
     assert stats["duplicates"] == len(rows) - len({(r[0], r[1], r[3]) for r in rows}) > 0
@@ -128,8 +168,11 @@ def test_kcore_matches_brute_force_on_a_random_graph():
 
 def test_timestamps_are_seconds_with_milliseconds_kept(tmp_path):
     base = 1_588_615_855_000
-    rows = [(f"U{u}", f"I{i}", 4.0, base + 1000 * (5 * u + i) + (70 if i == 0 else 0))
-            for u in range(5) for i in range(5)]
+    rows = [
+        (f"U{u}", f"I{i}", 4.0, base + 1000 * (5 * u + i) + (70 if i == 0 else 0))
+        for u in range(5)
+        for i in range(5)
+    ]
     write_csv(tmp_path / "Books.csv", rows)
     run_convert(tmp_path)
     _, got = read_inter("out")
@@ -164,8 +207,10 @@ def test_line_by_line_parser_agrees_with_arrow(tmp_path, monkeypatch):
     run_convert(tmp_path, "python")
     run_convert(tmp_path / "j", "python_json")
     for suffix in ("inter", "item"):
-        files = {(tmp_path / out / "amazon-books" / f"amazon-books.{suffix}").read_bytes()
-                 for out in ("arrow", "arrow_json", "python", "python_json")}
+        files = {
+            (tmp_path / out / "amazon-books" / f"amazon-books.{suffix}").read_bytes()
+            for out in ("arrow", "arrow_json", "python", "python_json")
+        }
         assert len(files) == 1
 
 
@@ -176,8 +221,9 @@ def test_rerun_writes_the_same_bytes(tmp_path):
     assert main(["--category", "Books", "--raw", str(tmp_path), "--out", "out", "--quiet"]) == 0
     folder = tmp_path / "out" / "amazon-books"
     first = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert main(["--category", "amazon-books", "--raw", str(tmp_path), "--out", "out",
-                 "--quiet"]) == 0
+    assert (
+        main(["--category", "amazon-books", "--raw", str(tmp_path), "--out", "out", "--quiet"]) == 0
+    )
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == first
     assert sorted(first) == ["amazon-books.inter", "amazon-books.item"]
 
@@ -189,17 +235,23 @@ def test_item_file_has_surviving_items_and_clean_text(tmp_path):
     write_meta(tmp_path / "meta_Books.jsonl", items[1:] + items[1:2])  # one without, one twice
     stats = run_convert(tmp_path)
     lines = (tmp_path / "out" / "amazon-books" / "amazon-books.item").read_text().split("\n")
-    assert lines[0] == ("item_id:token\ttitle:token\tmain_category:token\t"
-                        "categories:token_seq\tdescription:token\tstore:token")
+    assert lines[0] == (
+        "item_id:token\ttitle:token\tmain_category:token\t"
+        "categories:token_seq\tdescription:token\tstore:token"
+    )
     assert lines[-1] == ""
     parsed = list(csv.reader(lines[1:-1], delimiter="\t"))
     survivors = {r[1] for r in reference(rows)}
     assert sorted(p[0] for p in parsed) == sorted(survivors)
     assert stats["items_with_meta"] == len(survivors - {items[0]})
     full = next(p for p in parsed if p[0] != items[0])
-    assert full[1:] == ['Vinyl 12" "Deluxe" Edition Remastered', "Books",
-                        "Books Literature_&_Fiction Genre_Fiction",
-                        "First paragraph. Second paragraph.", ""]
+    assert full[1:] == [
+        'Vinyl 12" "Deluxe" Edition Remastered',
+        "Books",
+        "Books Literature_&_Fiction Genre_Fiction",
+        "First paragraph. Second paragraph.",
+        "",
+    ]
     if items[0] in survivors:
         assert next(p for p in parsed if p[0] == items[0])[1:] == [""] * 5
 
@@ -212,7 +264,10 @@ def test_split_files_are_used_only_without_the_full_csv(tmp_path):
         write_csv(tmp_path / f"Books.{split}.csv", [r + ("B1 B2",) for r in part], header)
     stats = run_convert(tmp_path, "splits")
     assert [Path(p).name for p in stats["inputs"]] == [
-        "Books.train.csv", "Books.valid.csv", "Books.test.csv"]
+        "Books.train.csv",
+        "Books.valid.csv",
+        "Books.test.csv",
+    ]
     write_csv(tmp_path / "Books.csv", rows)
     stats = run_convert(tmp_path, "full")
     assert [Path(p).name for p in stats["inputs"]] == ["Books.csv"]
@@ -226,8 +281,9 @@ BAD_CSV = [("not-a-number", "non-numeric timestamp"), ("", "missing timestamp")]
 @pytest.mark.parametrize("bad, reason", BAD_CSV)
 def test_malformed_csv_fails_with_file_and_line(tmp_path, capsys, bad, reason):
     rows = random_rows(seed=6)
-    path = write_csv(tmp_path / "Books.csv", rows[:10] + [("U1", "B000000001", 5.0, bad)]
-                     + rows[10:])
+    path = write_csv(
+        tmp_path / "Books.csv", rows[:10] + [("U1", "B000000001", 5.0, bad)] + rows[10:]
+    )
     assert main(["--category", "Books", "--raw", str(tmp_path), "--out", "out", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -242,18 +298,20 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path, capsys):
     write_reviews(clean / "Books.jsonl", rows)
     write_reviews(broken / "Books.jsonl", rows)
     lines = (broken / "Books.jsonl").read_text().splitlines()
-    lines[3:3] = ['{"user_id": "U1", "parent_asin": "B1", "rating": 5.0,',  # bad JSON
-                  json.dumps({"user_id": "U1", "parent_asin": "B1", "rating": 1.0}),
-                  json.dumps({"user_id": "U1", "parent_asin": "B1", "rating": 1.0,
-                              "timestamp": "yesterday"}),
-                  ""]
+    lines[3:3] = [
+        '{"user_id": "U1", "parent_asin": "B1", "rating": 5.0,',  # bad JSON
+        json.dumps({"user_id": "U1", "parent_asin": "B1", "rating": 1.0}),
+        json.dumps({"user_id": "U1", "parent_asin": "B1", "rating": 1.0, "timestamp": "yesterday"}),
+        "",
+    ]
     (broken / "Books.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["--category", "Books", "--raw", str(broken), "--out", "o", "--quiet"]) == 2
     assert f"{broken / 'Books.jsonl'}:4: bad JSON" in capsys.readouterr().err
-    assert main(["--category", "Books", "--raw", str(broken), "--out", "o", "--on-error",
-                 "skip"]) == 0
+    assert (
+        main(["--category", "Books", "--raw", str(broken), "--out", "o", "--on-error", "skip"]) == 0
+    )
     out, err = capsys.readouterr()
-    assert f"Books.jsonl:5: missing timestamp" in err and f"Books.jsonl:6: non-numeric" in err
+    assert "Books.jsonl:5: missing timestamp" in err and "Books.jsonl:6: non-numeric" in err
     assert "dropped 3 malformed (1 bad JSON, 1 missing timestamp, 1 non-numeric timestamp)" in out
     assert "duplicates" in out and "by the 5-core filter" in out
     run_convert(clean, "c")
@@ -334,12 +392,18 @@ def test_interrupted_write_leaves_no_inter(tmp_path, monkeypatch):
 def test_missing_dataset_hint(tmp_path):
     hint = missing_dataset_hint("amazon-books", "dataset/amazon-books")
     assert "\n" not in hint
-    for text in ("Books.jsonl.gz", "meta_Books.jsonl.gz", "Books.csv.gz",
-                 "https://amazon-reviews-2023.github.io/", "dataset/raw",
-                 "python -m recbole_hydra.data.amazon2023 --category Books --raw dataset/raw "
-                 "--out dataset"):
+    for text in (
+        "Books.jsonl.gz",
+        "meta_Books.jsonl.gz",
+        "Books.csv.gz",
+        "https://amazon-reviews-2023.github.io/",
+        "dataset/raw",
+        "python -m recbole_hydra.data.amazon2023 --category Books --raw dataset/raw --out dataset",
+    ):
         assert text in hint
-    assert "--category Toys_and_Games" in missing_dataset_hint("amazon-toys-games", "d/amazon-toys-games")
+    assert "--category Toys_and_Games" in missing_dataset_hint(
+        "amazon-toys-games", "d/amazon-toys-games"
+    )
     assert missing_dataset_hint("ml-100k", "dataset/ml-100k") is None
     (tmp_path / "amazon-movies-tv").mkdir()
     (tmp_path / "amazon-movies-tv" / "amazon-movies-tv.inter").write_text("user_id:token\n")
@@ -372,22 +436,49 @@ def test_recbole_loads_the_output_and_hydra_trains_on_it(tmp_path):
     write_meta(tmp_path / "meta_Books.jsonl", sorted({r[1] for r in rows}))
     stats = run_convert(tmp_path, "data")
 
-    config = Config(model="SASRec", dataset="amazon-books", config_dict={
-        "data_path": "data", "state": "ERROR", "show_progress": False,
-        "train_neg_sample_args": None,
-        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"],
-                     "item": ["item_id", "title", "categories", "description", "store"]}})
+    config = Config(
+        model="SASRec",
+        dataset="amazon-books",
+        config_dict={
+            "data_path": "data",
+            "state": "ERROR",
+            "show_progress": False,
+            "train_neg_sample_args": None,
+            "load_col": {
+                "inter": ["user_id", "item_id", "rating", "timestamp"],
+                "item": ["item_id", "title", "categories", "description", "store"],
+            },
+        },
+    )
     dataset = create_dataset(config)
     assert dataset.inter_num == stats["interactions"] and dataset.item_num == stats["items"] + 1
     assert 'Vinyl 12" "Deluxe" Edition Remastered' in dataset.field2id_token["title"]
     assert "Literature_&_Fiction" in dataset.field2id_token["categories"]
     assert float(dataset.inter_feat["timestamp"].min()) > 1.5e9  # seconds, not milliseconds
 
-    tiny = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
-                num_negatives=16, epochs=1, train_batch_size=64)
-    result = run("Hydra", "amazon-books", config_dict={
-        "data_path": "data", "show_progress": False, "state": "ERROR", "seed": 7,
-        "topk": [10], **tiny}, saved=False)
+    tiny = dict(
+        hidden_size=16,
+        n_layers=1,
+        n_heads=2,
+        d_state=8,
+        chunk_size=8,
+        num_negatives=16,
+        epochs=1,
+        train_batch_size=64,
+    )
+    result = run(
+        "Hydra",
+        "amazon-books",
+        config_dict={
+            "data_path": "data",
+            "show_progress": False,
+            "state": "ERROR",
+            "seed": 7,
+            "topk": [10],
+            **tiny,
+        },
+        saved=False,
+    )
     assert result["epochs"] == 1
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 

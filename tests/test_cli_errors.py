@@ -19,8 +19,12 @@ def run_main(capsys, *argv):
 
 
 def test_unknown_model_from_the_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "run_hydra.py"), "--model=NoSuchModel"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_hydra.py"), "--model=NoSuchModel"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert errors == [errors[0]] and "unknown model 'NoSuchModel'" in errors[0]
@@ -32,22 +36,36 @@ def toy(tmp_path):
     return write_inter(tmp_path / "data", "toy", random_sequences(10, 20, 4, 8))
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--dataset=nowhere"], "has no atomic files: RecBole looks for"),
-    (["--dataset=toy", "--hidden_size=30", "--n_heads=4"], "not divisible by n_heads"),
-    (["--dataset=toy", "--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be >= 1"),
-    (["--dataset=toy", "--config_files=missing.yaml"], "config file missing.yaml does not exist"),
-    (["--checkpoint=saved/none.pth"], "checkpoint saved/none.pth does not exist"),
-    (["--dataset=toy", "--n_heads=0"], "n_heads must be a positive integer, got 0"),
-    (["--dataset=toy", "--n_heads=-2"], "n_heads must be a positive integer, got -2"),
-    (["--dataset=toy", "--hidden_size=0"], "hidden_size must be a positive integer"),
-    (["--dataset=toy", "--chunk_size=0"], "chunk_size must be a positive integer"),
-    (["--dataset=toy"], "the split orders interactions by time, but load_col loads only"),
-    (["--dataset=toy", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--topk=[5,50]"],
-     "topk [50] asks for more items than toy has ("),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset=nowhere"], "has no atomic files: RecBole looks for"),
+        (["--dataset=toy", "--hidden_size=30", "--n_heads=4"], "not divisible by n_heads"),
+        (["--dataset=toy", "--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be >= 1"),
+        (
+            ["--dataset=toy", "--config_files=missing.yaml"],
+            "config file missing.yaml does not exist",
+        ),
+        (["--checkpoint=saved/none.pth"], "checkpoint saved/none.pth does not exist"),
+        (["--dataset=toy", "--n_heads=0"], "n_heads must be a positive integer, got 0"),
+        (["--dataset=toy", "--n_heads=-2"], "n_heads must be a positive integer, got -2"),
+        (["--dataset=toy", "--hidden_size=0"], "hidden_size must be a positive integer"),
+        (["--dataset=toy", "--chunk_size=0"], "chunk_size must be a positive integer"),
+        (["--dataset=toy"], "the split orders interactions by time, but load_col loads only"),
+        (
+            [
+                "--dataset=toy",
+                "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}",
+                "--topk=[5,50]",
+            ],
+            "topk [50] asks for more items than toy has (",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, toy, argv, message):
-    code, err = run_main(capsys, f"--data_path={toy}", "--show_progress=False", "--state=ERROR", *argv)
+    code, err = run_main(
+        capsys, f"--data_path={toy}", "--show_progress=False", "--state=ERROR", *argv
+    )
     assert code == 2
     assert len(err) == 1 and message in err[0], err
 

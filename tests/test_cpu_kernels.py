@@ -18,7 +18,9 @@ from recbole_hydra.layers.ssd import _DiagonalBlocks, ssd_scan
 
 F64 = torch.float64
 
-if shutil.which("c++") is None and shutil.which("g++") is None:  # the only reason they may not build
+if (
+    shutil.which("c++") is None and shutil.which("g++") is None
+):  # the only reason they may not build
     pytest.skip("no C++ compiler: the CPU kernels cannot be built here", allow_module_level=True)
 
 
@@ -31,7 +33,9 @@ def module():
     return built
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 19, 131, 260])  # around the width and the 128-step segments
+@pytest.mark.parametrize(
+    "length", [1, 2, 3, 4, 7, 19, 131, 260]
+)  # around the width and the 128-step segments
 @pytest.mark.parametrize("groups", [1, 3])
 def test_conv_kernel_equals_pytorch_conv_both_directions(module, length, groups):
     torch.manual_seed(length * 10 + groups)
@@ -41,8 +45,13 @@ def test_conv_kernel_equals_pytorch_conv_both_directions(module, length, groups)
     bias = torch.randn(groups, channels, dtype=F64)
     grad = torch.randn(2, length, groups, channels, dtype=F64)
     results = []
-    for fn in (lambda *a: _CausalConvSiLU.apply(*a), lambda *a: _CausalConvSiLUCpu.apply(*a, module)):
-        x = proj[..., channels:2 * channels].requires_grad_()  # a strided view, as the blocks pass it
+    for fn in (
+        lambda *a: _CausalConvSiLU.apply(*a),
+        lambda *a: _CausalConvSiLUCpu.apply(*a, module),
+    ):
+        x = proj[
+            ..., channels : 2 * channels
+        ].requires_grad_()  # a strided view, as the blocks pass it
         w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
         out = fn(x, w, b)
         out.backward(grad)
@@ -56,21 +65,32 @@ def test_conv_kernel_gradcheck_and_three_dim_input(module):
     x = torch.randn(2, 6, 4, dtype=F64, requires_grad=True)  # (b, l, channels): Mamba-1's layout
     weight = torch.randn(4, 3, dtype=F64, requires_grad=True)
     bias = torch.randn(4, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: _CausalConvSiLUCpu.apply(*a, module), (x, weight, bias))
-    torch.testing.assert_close(causal_conv_silu(x, weight, bias), _CausalConvSiLU.apply(x, weight, bias))
-    torch.testing.assert_close(causal_conv_silu(x, weight, None), _CausalConvSiLU.apply(x, weight, torch.zeros_like(bias)))
+    assert torch.autograd.gradcheck(
+        lambda *a: _CausalConvSiLUCpu.apply(*a, module), (x, weight, bias)
+    )
+    torch.testing.assert_close(
+        causal_conv_silu(x, weight, bias), _CausalConvSiLU.apply(x, weight, bias)
+    )
+    torch.testing.assert_close(
+        causal_conv_silu(x, weight, None), _CausalConvSiLU.apply(x, weight, torch.zeros_like(bias))
+    )
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 2, 2, 5, 3, 4), (1, 1, 1, 1, 1, 2, 2), (3, 2, 1, 3, 17, 8, 6)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 2, 2, 5, 3, 4), (1, 1, 1, 1, 1, 2, 2), (3, 2, 1, 3, 17, 8, 6)]
+)
 def test_diagonal_kernel_equals_pytorch_blocks(module, shape):
     b, c, g, r, q, n, p = shape
     torch.manual_seed(q)
     a_cum = (-torch.rand(b, c, g, r, q, dtype=F64)).cumsum(-1)
     B, C = torch.randn(b, c, g, q, n, dtype=F64), torch.randn(b, c, g, q, n, dtype=F64)
     x_dt = torch.randn(b, c, g, r, q, p, dtype=F64)
-    ours = module.ssd_diagonal_forward(a_cum.reshape(-1, r, q), B.reshape(-1, q, n), C.reshape(-1, q, n),
-                                       x_dt.reshape(-1, r, q, p)).view(x_dt.shape)
-    torch.testing.assert_close(ours, _DiagonalBlocks.apply(a_cum, B, C, x_dt), rtol=1e-12, atol=1e-12)
+    ours = module.ssd_diagonal_forward(
+        a_cum.reshape(-1, r, q), B.reshape(-1, q, n), C.reshape(-1, q, n), x_dt.reshape(-1, r, q, p)
+    ).view(x_dt.shape)
+    torch.testing.assert_close(
+        ours, _DiagonalBlocks.apply(a_cum, B, C, x_dt), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("length,chunk", [(13, 5), (8, 64), (1, 4)])
@@ -92,7 +112,9 @@ def test_scan_without_autograd_same_with_and_without_kernels(length, chunk):
 BLOCKS = {
     "mamba2": lambda: Mamba2(8, d_state=6, headdim=4, ngroups=2, chunk_size=5, dtype=F64),
     "latent": lambda: MultiHeadLatentMamba2(3, 4, d_state=6, chunk_size=5, dtype=F64),
-    "latent_grouped": lambda: MultiHeadLatentMamba2(2, 4, d_state=3, headdim=2, ngroups=2, chunk_size=4, dtype=F64),
+    "latent_grouped": lambda: MultiHeadLatentMamba2(
+        2, 4, d_state=3, headdim=2, ngroups=2, chunk_size=4, dtype=F64
+    ),
     "mamba1": lambda: Mamba1(8, d_state=4, dtype=F64),
     "hydra_layer": lambda: HydraLayer(8, 2, 4, 6, d_state=5, chunk_size=4).double(),
 }
@@ -139,7 +161,9 @@ def test_gated_norm_kernel_equals_pytorch_ops_both_directions(module, blocks, gr
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
     x = torch.randn(3, 7, hidden, dtype=F64)
-    z_proj = torch.randn(3, 7, blocks, d_block + 1, dtype=F64)  # z a column slice, as the blocks pass it
+    z_proj = torch.randn(
+        3, 7, blocks, d_block + 1, dtype=F64
+    )  # z a column slice, as the blocks pass it
     grad = torch.randn(3, 7, hidden, dtype=F64)
     results = []
     for use_kernels in (True, False):
@@ -154,8 +178,10 @@ def test_gated_norm_kernel_equals_pytorch_ops_both_directions(module, blocks, gr
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     assert kernels.enabled()
-    assert torch.autograd.gradcheck(lambda a, b: norm(a, b), (x[:1, :3].clone().requires_grad_(),
-                                                              x[:1, :3].clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda a, b: norm(a, b),
+        (x[:1, :3].clone().requires_grad_(), x[:1, :3].clone().requires_grad_()),
+    )
 
 
 def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
@@ -175,7 +201,9 @@ def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     weights = [p for p in ffn.parameters()]
-    assert torch.autograd.gradcheck(lambda a, *w: ffn(a), (x[0, :4].clone().requires_grad_(), *weights))
+    assert torch.autograd.gradcheck(
+        lambda a, *w: ffn(a), (x[0, :4].clone().requires_grad_(), *weights)
+    )
 
 
 def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
@@ -185,12 +213,18 @@ def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
     torch.manual_seed(0)
     norm, ffn = GatedRMSNorm(32, group_size=8), SwiGLU(16, 32)
     x, z, u = (torch.randn(4, 50, d, requires_grad=True) for d in (32, 32, 16))
-    one_tensor = 4 * 50 * 32 * 4  # bytes of one (4, 50, 32) float32 tensor: x, or the FFN's inner size
+    one_tensor = (
+        4 * 50 * 32 * 4
+    )  # bytes of one (4, 50, 32) float32 tensor: x, or the FFN's inner size
     for m, args, fewer in ((norm, (x, z), 3), (ffn, (u,), 2)):
         with_kernels = _saved_bytes(m, *args)
         with kernels.disabled():
             without = _saved_bytes(m, *args)
-        assert without - with_kernels >= (fewer - 0.1) * one_tensor, (type(m).__name__, with_kernels, without)
+        assert without - with_kernels >= (fewer - 0.1) * one_tensor, (
+            type(m).__name__,
+            with_kernels,
+            without,
+        )
 
 
 def test_failed_build_falls_back_with_one_warning(monkeypatch):
@@ -202,13 +236,17 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     kernels._build.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="CPU kernels unavailable .*No such file.*use_kernels: False"):
+        with pytest.warns(
+            RuntimeWarning, match="CPU kernels unavailable .*No such file.*use_kernels: False"
+        ):
             assert kernels.cpu_kernels(torch.zeros(1)) is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # said once, not at every call
             assert kernels.cpu_kernels(torch.zeros(1)) is None
             block = BLOCKS["latent"]()
-            block(torch.randn(2, 7, block.d_model, dtype=F64)).sum().backward()  # PyTorch ops instead
+            block(
+                torch.randn(2, 7, block.d_model, dtype=F64)
+            ).sum().backward()  # PyTorch ops instead
     finally:
         kernels._build.cache_clear()
 

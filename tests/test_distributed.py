@@ -17,14 +17,21 @@ from recbole.config import Config
 import run_hydra
 from recbole_hydra import compat, training
 from recbole_hydra.checkpoint import read_checkpoint
-from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.config import make_config
 from recbole_hydra.errors import UsageError
+from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.quick_start import evaluate_checkpoint
 from tests.conftest import ml100k_slice, quiet_config
 
-TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
-                  num_negatives=16, MAX_ITEM_LIST_LENGTH=10)
+TINY_HYDRA = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=8,
+    num_negatives=16,
+    MAX_ITEM_LIST_LENGTH=10,
+)
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)}
 
 
@@ -70,9 +77,18 @@ def test_shim_process_group_on_cpu_with_gloo(one_process_group):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="RecBole's own path works on CUDA")
 def test_recbole_config_cannot_join_a_group_without_cuda():
     with pytest.raises(RuntimeError, match="NCCL"):
-        Config(model=Hydra, dataset="ml-100k",
-               config_dict={"local_rank": 0, "nproc": 1, "world_size": 1, "offset": 0,
-                            "ip": "localhost", "port": free_port()})
+        Config(
+            model=Hydra,
+            dataset="ml-100k",
+            config_dict={
+                "local_rank": 0,
+                "nproc": 1,
+                "world_size": 1,
+                "offset": 0,
+                "ip": "localhost",
+                "port": free_port(),
+            },
+        )
 
 
 def test_shim_ddp_wraps_a_cpu_model(one_process_group):
@@ -157,10 +173,26 @@ def _rank(local_rank, data, out, port):
     training.data_preparation = noted_preparation
     # one epoch: rank 0's only checkpoint is written a second after rank 1 could first load it
     config = quiet_config(data, epochs=1, train_batch_size=32, time_budget_s=600, **TINY_HYDRA)
-    result = training.run_rank(local_rank, "Hydra", "ml-100k-slice", None, config, True,
-                                  world_size=2, nproc=2, port=port, timeout_s=120)
-    record = {"seen": seen, "loaded": loaded, "trained": trained, "train_rows": train_rows,
-              "model_file": result["model_file"], "test_result": dict(result["test_result"])}
+    result = training.run_rank(
+        local_rank,
+        "Hydra",
+        "ml-100k-slice",
+        None,
+        config,
+        True,
+        world_size=2,
+        nproc=2,
+        port=port,
+        timeout_s=120,
+    )
+    record = {
+        "seen": seen,
+        "loaded": loaded,
+        "trained": trained,
+        "train_rows": train_rows,
+        "model_file": result["model_file"],
+        "test_result": dict(result["test_result"]),
+    }
     Path(out, f"rank{local_rank}.json").write_text(json.dumps(record))
 
 
@@ -203,20 +235,32 @@ def test_cli_nproc_dispatches_to_the_process_group(monkeypatch, capsys):
         return None  # what a node without global rank 0 gets
 
     monkeypatch.setattr(training, "run_distributed", fake_run)
-    code = run_hydra.main(["--nproc=2", "--world_size=4", "--ip=10.0.0.1", "--port=29500",
-                           "--group_offset=2", "--epochs=3"])
+    code = run_hydra.main(
+        [
+            "--nproc=2",
+            "--world_size=4",
+            "--ip=10.0.0.1",
+            "--port=29500",
+            "--group_offset=2",
+            "--epochs=3",
+        ]
+    )
     assert code == 0 and "ranks 2..3 finished" in capsys.readouterr().out
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args[:2] == ("Hydra", "ml-100k") and args[3] == {"epochs": 3}
-    assert kwargs == dict(saved=True, nproc=2, world_size=4, ip="10.0.0.1", port=29500,
-                          group_offset=2)
+    assert kwargs == dict(
+        saved=True, nproc=2, world_size=4, ip="10.0.0.1", port=29500, group_offset=2
+    )
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--nproc=0"], "--nproc must be >= 1"),
-    (["--nproc=2", "--world_size=2", "--group_offset=1"], "do not fit in --world_size=2"),
-    (["--nproc=2", "--tune"], "--tune and --nproc"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--nproc=0"], "--nproc must be >= 1"),
+        (["--nproc=2", "--world_size=2", "--group_offset=1"], "do not fit in --world_size=2"),
+        (["--nproc=2", "--tune"], "--tune and --nproc"),
+    ],
+)
 def test_cli_bad_group_is_one_line(capsys, argv, message):
     code = run_hydra.main(argv)
     err = capsys.readouterr().err.strip().splitlines()

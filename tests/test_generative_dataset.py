@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 import torch
 
-from recbole_hydra.model.base import GenerativeSequentialRecommender
 from recbole_hydra.config import make_config
 from recbole_hydra.errors import UsageError
+from recbole_hydra.model.base import GenerativeSequentialRecommender
 from recbole_hydra.registry import create_dataset
 from tests.conftest import quiet_config, random_sequences, write_inter
 
@@ -15,8 +15,11 @@ MAX_LEN = 8
 
 
 def split(data_path, **overrides):
-    config = make_config("Hydra", "toy", config_dict=quiet_config(
-        data_path, MAX_ITEM_LIST_LENGTH=MAX_LEN, **overrides))
+    config = make_config(
+        "Hydra",
+        "toy",
+        config_dict=quiet_config(data_path, MAX_ITEM_LIST_LENGTH=MAX_LEN, **overrides),
+    )
     return create_dataset(config).build()
 
 
@@ -68,8 +71,10 @@ def test_one_example_per_user_by_default(toy):
     for user in set(users):
         newest = sorted(t for (u, t) in pre if u == user)[-MAX_LEN:]
         assert sorted(t for (u, t) in got if u == user) == newest
-    valid_ts = dict(zip(gen_valid.inter_feat["user_id"].tolist(), gen_valid.inter_feat["timestamp"].tolist()))
-    for (user, ts) in got:
+    valid_ts = dict(
+        zip(gen_valid.inter_feat["user_id"].tolist(), gen_valid.inter_feat["timestamp"].tolist())
+    )
+    for user, ts in got:
         if user in valid_ts:
             assert ts < valid_ts[user]
 
@@ -84,13 +89,19 @@ def test_padding_is_zero_after_the_real_items(toy):
 
 def test_next_item_targets_of_a_window():
     seq = torch.tensor([[5, 6, 7, 0], [9, 0, 0, 0]])
-    targets = GenerativeSequentialRecommender._next_items(seq, torch.tensor([3, 1]), torch.tensor([8, 4]))
+    targets = GenerativeSequentialRecommender._next_items(
+        seq, torch.tensor([3, 1]), torch.tensor([8, 4])
+    )
     assert targets.tolist() == [[6, 7, 8, 0], [4, 0, 0, 0]]
 
 
 def test_generative_mode_needs_leave_one_out(toy):
     with pytest.raises(ValueError, match="leave-one-out"):
-        split(toy, train_mode="generative", eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "mode": "full"})
+        split(
+            toy,
+            train_mode="generative",
+            eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "mode": "full"},
+        )
 
 
 def test_unknown_train_mode(toy):

@@ -3,16 +3,22 @@
 import pytest
 import torch
 
-from recbole_hydra.model.hstu import HSTU, time_buckets
-from recbole_hydra.config import make_config
-from recbole_hydra.quick_start import run
 from recbole_hydra import registry
+from recbole_hydra.config import make_config
+from recbole_hydra.model.hstu import HSTU, time_buckets
+from recbole_hydra.quick_start import run
 from recbole_hydra.registry import create_dataset
 from tests.conftest import ml100k_slice, quiet_config, random_sequences, write_inter
 from tests.model_helpers import assert_causal, build_model, random_batch
 
-SMALL = dict(hidden_size=16, n_layers=2, n_heads=2, dropout_prob=0.0, hidden_dropout_prob=0.0,
-             num_negatives=16)
+SMALL = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    dropout_prob=0.0,
+    hidden_dropout_prob=0.0,
+    num_negatives=16,
+)
 
 
 def times_for(model, seed=0):
@@ -30,8 +36,13 @@ def hstu(tmp_path):
 def test_defaults_follow_the_reference(tmp_path):
     model, _, _, _ = build_model(tmp_path, "HSTU")
     assert isinstance(model, HSTU)
-    assert (model.train_mode, model.loss_type, model.similarity, model.temperature, model.num_negatives) == (
-        "generative", "InfoNCE", "cosine", 0.05, 128)
+    assert (
+        model.train_mode,
+        model.loss_type,
+        model.similarity,
+        model.temperature,
+        model.num_negatives,
+    ) == ("generative", "InfoNCE", "cosine", 0.05, 128)
     assert len(model.layers) == 2 and model.layers[0].n_heads == 1
     assert model.layers[0].attention_dim == model.layers[0].linear_dim == 50
     assert model.use_time and model.layers[0].time_bias.numel() == 129
@@ -68,8 +79,11 @@ def test_next_query_time_uses_the_next_interaction(tmp_path):
     n = int(lengths[row])
     assert torch.equal(query[row, : n - 1], times[row, 1:n])
     assert query[row, n - 1] == batch["timestamp"][row]
-    assert_causal(model, timestamps=times_for(model)["timestamps"],
-                  query_timestamps=times_for(model, seed=1)["timestamps"])
+    assert_causal(
+        model,
+        timestamps=times_for(model)["timestamps"],
+        query_timestamps=times_for(model, seed=1)["timestamps"],
+    )
     model.calculate_loss(batch).backward()
 
 
@@ -97,8 +111,9 @@ def test_builds_on_a_dataset_without_time_field(tmp_path):
 @pytest.mark.parametrize("train_mode", ["generative", "prefix"])
 def test_quick_start_run_on_ml100k_slice(tmp_path, train_mode):
     data = ml100k_slice(tmp_path / "data", n_users=30)
-    config = quiet_config(data, hidden_size=16, num_negatives=32, MAX_ITEM_LIST_LENGTH=20,
-                          train_mode=train_mode)
+    config = quiet_config(
+        data, hidden_size=16, num_negatives=32, MAX_ITEM_LIST_LENGTH=20, train_mode=train_mode
+    )
     result = run("HSTU", "ml-100k-slice", config_dict=config, saved=False)
     for metric in ("recall@10", "ndcg@10", "recall@50", "ndcg@50"):
         assert 0.0 <= result["test_result"][metric] <= 1.0

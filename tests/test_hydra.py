@@ -7,8 +7,15 @@ from recbole.data.interaction import Interaction
 from recbole_hydra.model.hydra import Hydra
 from tests.model_helpers import build_model, random_batch
 
-SMALL = dict(hidden_size=16, n_layers=2, n_heads=2, d_state=8, chunk_size=4, num_negatives=16,
-             dropout_prob=0.0)
+SMALL = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=16,
+    dropout_prob=0.0,
+)
 
 
 @pytest.fixture
@@ -23,9 +30,14 @@ def test_scores_use_the_last_real_position(hydra):
     seq, lengths = random_batch(model)
     batch = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
     query = model(seq, lengths)[torch.arange(len(seq)), lengths - 1]
-    expected = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(
-        model.item_embedding.weight, dim=-1).T / model.temperature
-    torch.testing.assert_close(model.full_sort_predict(batch).double(), expected, rtol=1e-9, atol=1e-9)
+    expected = (
+        torch.nn.functional.normalize(query, dim=-1)
+        @ torch.nn.functional.normalize(model.item_embedding.weight, dim=-1).T
+        / model.temperature
+    )
+    torch.testing.assert_close(
+        model.full_sort_predict(batch).double(), expected, rtol=1e-9, atol=1e-9
+    )
 
 
 def test_evaluation_in_row_blocks_gives_the_same_scores(hydra):
@@ -50,7 +62,9 @@ def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
     """``layer_checkpointing`` recomputes the layers in backward: the same loss and gradients
     (dropout included: the recomputation replays the same random draws), and autograd keeps
     less for backward."""
-    model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL, "dropout_prob": 0.3, "hidden_dropout_prob": 0.2})
+    model, train, _, _ = build_model(
+        tmp_path, "Hydra", **{**SMALL, "dropout_prob": 0.3, "hidden_dropout_prob": 0.2}
+    )
     model = model.double().train()
     batch = next(iter(train))
     results = []
@@ -67,7 +81,9 @@ def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = model.calculate_loss(batch)
         loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()], sum(kept.values())))
+        results.append(
+            (loss.detach(), [p.grad.clone() for p in model.parameters()], sum(kept.values()))
+        )
     (loss, grads, kept), (loss_ckpt, grads_ckpt, kept_ckpt) = results
     torch.testing.assert_close(loss_ckpt, loss, rtol=1e-12, atol=1e-12)
     for g_ckpt, g in zip(grads_ckpt, grads):

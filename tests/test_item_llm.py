@@ -12,13 +12,13 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_hydra.layers import item_llm
 from recbole_hydra.checkpoint import export_item_table, load_item_table
 from recbole_hydra.checkpoint import main as export_main
-from recbole_hydra.data.item_text import item_texts
-from recbole_hydra.layers.item_llm import ITEM_TOKEN
 from recbole_hydra.config import make_config
+from recbole_hydra.data.item_text import item_texts
 from recbole_hydra.errors import UsageError
+from recbole_hydra.layers import item_llm
+from recbole_hydra.layers.item_llm import ITEM_TOKEN
 from recbole_hydra.quick_start import evaluate_checkpoint, run
 from recbole_hydra.registry import build_model, create_dataset
 from tests.conftest import ML100K, ml100k_slice, quiet_config, random_sequences, write_inter
@@ -26,10 +26,23 @@ from tests.conftest import ML100K, ml100k_slice, quiet_config, random_sequences,
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-SMALL = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=4, num_negatives=16,
-             dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=10, item_model="llm", item_text_max_tokens=16,
-             llm_batch_size=8)
-TOY_LOAD_COL = {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "genre", "year"]}
+SMALL = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=16,
+    dropout_prob=0.0,
+    MAX_ITEM_LIST_LENGTH=10,
+    item_model="llm",
+    item_text_max_tokens=16,
+    llm_batch_size=8,
+)
+TOY_LOAD_COL = {
+    "inter": ["user_id", "item_id", "timestamp"],
+    "item": ["item_id", "title", "genre", "year"],
+}
 LONG_TITLE = "a very long title that goes on and on " * 10
 
 
@@ -39,7 +52,13 @@ def write_toy(root, n_items=25, with_item_file=True):
     if with_item_file:
         lines = ["item_id:token\ttitle:token\tgenre:token_seq\tyear:float"]
         for i in range(n_items):
-            title = LONG_TITLE if i == 3 else f"Title {i} [ITEM] here" if i == 4 else f"Title number {i}"
+            title = (
+                LONG_TITLE
+                if i == 3
+                else f"Title {i} [ITEM] here"
+                if i == 4
+                else f"Title number {i}"
+            )
             genre = ["Action Sci_Fi", "Drama", "Comedy Romance"][i % 3]
             lines.append(f"i{i}\t{title}\t{genre}\t{1980 + i}")
         (Path(root) / "toy" / "toy.item").write_text("\n".join(lines) + "\n")
@@ -54,17 +73,33 @@ def tiny_llms(tmp_path_factory):
     folders = {}
     torch.manual_seed(0)
     configs = {
-        "bert": transformers.BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2,
-                                        num_attention_heads=2, intermediate_size=48,
-                                        max_position_embeddings=64),
-        "llama": transformers.LlamaConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2,
-                                          num_attention_heads=2, num_key_value_heads=2,
-                                          intermediate_size=48, max_position_embeddings=64),
+        "bert": transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        ),
+        "llama": transformers.LlamaConfig(
+            vocab_size=30522,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        ),
     }
     for name, config in configs.items():
         folder = root / name
         transformers.AutoModel.from_config(config).save_pretrained(folder)
-        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        for f in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+            "special_tokens_map.json",
+        ):
             shutil.copy(tokenizer_src / f, folder / f)
         folders[name] = str(folder)
     return folders
@@ -72,8 +107,13 @@ def tiny_llms(tmp_path_factory):
 
 def build(tmp_path, llm_path, load_col=TOY_LOAD_COL, with_item_file=True, **overrides):
     root = write_toy(tmp_path / "data", with_item_file=with_item_file)
-    config = make_config("Hydra", "toy", config_dict=quiet_config(
-        root, load_col=load_col, llm_path=llm_path, **{**SMALL, **overrides}))
+    config = make_config(
+        "Hydra",
+        "toy",
+        config_dict=quiet_config(
+            root, load_col=load_col, llm_path=llm_path, **{**SMALL, **overrides}
+        ),
+    )
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     return build_model(config, train._dataset), train, test, config
@@ -102,11 +142,13 @@ def test_item_text_and_item_token_once_at_the_end(tmp_path, tiny_llms):
     assert ITEM_TOKEN not in texts[dataset.token2id("item_id", "i4")]  # literal [ITEM] defused
     enc = model.item_encoder
     ids, lengths = enc.token_ids, enc.token_lengths
-    assert int(lengths.max()) <= 12 and lengths[dataset.token2id("item_id", "i3")] == 12  # truncated
+    assert (
+        int(lengths.max()) <= 12 and lengths[dataset.token2id("item_id", "i3")] == 12
+    )  # truncated
     for i in range(1, enc.n_items):
         row = ids[i, : lengths[i]]
         assert int(row[-1]) == enc.item_token_id and int((row == enc.item_token_id).sum()) == 1
-        assert not (ids[i, lengths[i]:] == enc.item_token_id).any()
+        assert not (ids[i, lengths[i] :] == enc.item_token_id).any()
     tokenizer_ids = ids[i1, : lengths[i1]].tolist()
     assert tokenizer_ids[0] == 101 and tokenizer_ids[-2] == 102  # BERT: [CLS] text [SEP] [ITEM]
 
@@ -179,7 +221,9 @@ def test_eval_table_equals_items_encoded_one_by_one_and_is_reused(tmp_path, tiny
     calls = spy_llm(enc)
     table = model._item_table()
     with torch.no_grad():
-        one_by_one = torch.stack([enc.encode(torch.tensor([i]))[0] for i in range(1, model.n_items)])
+        one_by_one = torch.stack(
+            [enc.encode(torch.tensor([i]))[0] for i in range(1, model.n_items)]
+        )
     torch.testing.assert_close(table[1:], one_by_one, rtol=1e-5, atol=1e-5)
     assert torch.equal(table[0], torch.zeros_like(table[0]))
     calls.clear()
@@ -226,7 +270,9 @@ def test_exported_table_reproduces_scores_without_the_llm(tmp_path, tiny_llms):
 def write_slice_items(root, name="ml-100k-slice"):
     """ml-100k's .item rows for the items of the slice."""
     folder = Path(root) / name
-    items = {line.split("\t")[1] for line in (folder / f"{name}.inter").read_text().splitlines()[1:]}
+    items = {
+        line.split("\t")[1] for line in (folder / f"{name}.inter").read_text().splitlines()[1:]
+    }
     lines = (ML100K.parent / "ml-100k.item").read_text().splitlines()
     keep = [lines[0]] + [line for line in lines[1:] if line.split("\t")[0] in items]
     (folder / f"{name}.item").write_text("\n".join(keep) + "\n")
@@ -236,12 +282,25 @@ def test_end_to_end_ml100k_with_bundled_minilm_and_export(tmp_path):
     data = ml100k_slice(tmp_path / "data", n_users=10)
     write_slice_items(data)
     config = quiet_config(
-        data, hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8, num_negatives=32,
-        MAX_ITEM_LIST_LENGTH=20, item_model="llm", llm_finetune="frozen", item_text_max_tokens=12,
+        data,
+        hidden_size=16,
+        n_layers=1,
+        n_heads=2,
+        d_state=8,
+        chunk_size=8,
+        num_negatives=32,
+        MAX_ITEM_LIST_LENGTH=20,
+        item_model="llm",
+        llm_finetune="frozen",
+        item_text_max_tokens=12,
         item_prompt="Movie: ",
-        item_text_fields=["movie_title", "release_year", "class"], checkpoint_dir=str(tmp_path / "saved"),
-        load_col={"inter": ["user_id", "item_id", "timestamp"],
-                  "item": ["item_id", "movie_title", "release_year", "class"]})
+        item_text_fields=["movie_title", "release_year", "class"],
+        checkpoint_dir=str(tmp_path / "saved"),
+        load_col={
+            "inter": ["user_id", "item_id", "timestamp"],
+            "item": ["item_id", "movie_title", "release_year", "class"],
+        },
+    )
     result = run("Hydra", "ml-100k-slice", config_dict=config)
     assert result["epochs"] == 1 and all(0 <= v <= 1 for v in result["test_result"].values())
     exported, table_file = str(tmp_path / "exported.pth"), str(tmp_path / "table.pt")
@@ -271,5 +330,7 @@ def test_name_not_in_local_cache_is_one_clear_error(tmp_path, monkeypatch):
 def test_dataset_without_item_text_is_one_clear_error(tmp_path, tiny_llms):
     with pytest.raises(UsageError, match="no item features were loaded.*load_col"):
         build(tmp_path, tiny_llms["bert"], load_col={"inter": ["user_id", "item_id", "timestamp"]})
-    with pytest.raises(UsageError, match=r"item_text_fields \['plot'\] not among .*title, genre, year"):
+    with pytest.raises(
+        UsageError, match=r"item_text_fields \['plot'\] not among .*title, genre, year"
+    ):
         build(tmp_path, tiny_llms["bert"], item_text_fields=["title", "plot"])

@@ -49,8 +49,10 @@ def imports_of(name, path, known):
             else:
                 source = node.module
             # ``from a import b`` imports the module a.b when b is one, else names of a
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source
-                       for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source
+                for alias in node.names
+            ]
         else:
             continue
         found.update(t for t in targets if t in known and t != name)
@@ -79,9 +81,12 @@ def test_the_import_finder_sees_imports_inside_functions(tmp_path):
 
 
 def test_no_module_imports_a_higher_level():
-    upward = [f"{name} (level {level(name)}) imports {other} (level {level(other)})"
-              for name, others in import_graph().items() for other in others
-              if level(other) > level(name)]
+    upward = [
+        f"{name} (level {level(name)}) imports {other} (level {level(other)})"
+        for name, others in import_graph().items()
+        for other in others
+        if level(other) > level(name)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -93,7 +98,7 @@ def test_no_import_loops():
         state[name] = "open"
         for other in sorted(graph[name]):
             if state.get(other) == "open":
-                loops.append(" -> ".join(stack[stack.index(other):] + [other]))
+                loops.append(" -> ".join(stack[stack.index(other) :] + [other]))
             elif other not in state:
                 visit(other, stack + [other])
         state[name] = "done"
@@ -105,8 +110,10 @@ def test_no_import_loops():
 
 
 def test_importing_the_package_leaves_the_converters_unloaded():
-    code = ("import sys, recbole_hydra; "
-            "print([m for m in ('recbole_hydra.data.amazon2023', 'recbole_hydra.data.fetch', "
-            "'recbole_hydra.tune') if m in sys.modules])")
+    code = (
+        "import sys, recbole_hydra; "
+        "print([m for m in ('recbole_hydra.data.amazon2023', 'recbole_hydra.data.fetch', "
+        "'recbole_hydra.tune') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ def reference_infonce(query, pos, neg, tau, similarity, mask):
     """Eq 15 term by term in float64."""
     total = 0.0
     for i in range(query.size(0)):
+
         def score(a, b):
             a, b = a.double(), b.double()
             if similarity == "cosine":
@@ -31,7 +32,11 @@ def reference_infonce(query, pos, neg, tau, similarity, mask):
 @pytest.mark.parametrize("similarity,tau", [("cosine", 0.05), ("dot", 1.0), ("dot", 0.3)])
 def test_sampled_softmax_equals_direct_float64(similarity, tau):
     g = torch.Generator().manual_seed(0)
-    q, p, n = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g), torch.randn(11, 5, generator=g)
+    q, p, n = (
+        torch.randn(7, 5, generator=g),
+        torch.randn(7, 5, generator=g),
+        torch.randn(11, 5, generator=g),
+    )
     mask = torch.rand(7, 11, generator=g) < 0.3
     got = sampled_softmax_loss(q.double(), p.double(), n.double(), tau, similarity, mask)
     assert got.item() == pytest.approx(reference_infonce(q, p, n, tau, similarity, mask), rel=1e-6)
@@ -45,14 +50,20 @@ def test_masked_negative_does_not_count():
     mask = torch.zeros(1, 6, dtype=torch.bool)
     mask[0, 5] = True
     masked = sampled_softmax_loss(q, p, with_copy, 0.05, "cosine", mask)
-    assert masked.item() == pytest.approx(sampled_softmax_loss(q, p, n, 0.05, "cosine").item(), rel=1e-5)
+    assert masked.item() == pytest.approx(
+        sampled_softmax_loss(q, p, n, 0.05, "cosine").item(), rel=1e-5
+    )
     assert sampled_softmax_loss(q, p, with_copy, 0.05, "cosine").item() > masked.item()
 
 
 def test_finite_under_bf16_autocast_at_small_temperature():
     g = torch.Generator().manual_seed(2)
     layer = torch.nn.Linear(16, 16)
-    x, p, n = torch.randn(64, 16, generator=g) * 30, torch.randn(64, 16, generator=g), torch.randn(512, 16, generator=g)
+    x, p, n = (
+        torch.randn(64, 16, generator=g) * 30,
+        torch.randn(64, 16, generator=g),
+        torch.randn(512, 16, generator=g),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q = layer(x)
         assert q.dtype == torch.bfloat16
@@ -63,7 +74,9 @@ def test_finite_under_bf16_autocast_at_small_temperature():
     assert torch.isfinite(layer.weight.grad).all()
     ref = sampled_softmax_loss(layer(x).float(), p, n, 0.05, "cosine")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert sampled_softmax_loss(layer(x), p, n, 0.05, "cosine").item() == pytest.approx(ref.item(), rel=0.05)
+        assert sampled_softmax_loss(layer(x), p, n, 0.05, "cosine").item() == pytest.approx(
+            ref.item(), rel=0.05
+        )
 
 
 def test_full_softmax_equals_direct_float64():
@@ -74,7 +87,9 @@ def test_full_softmax_equals_direct_float64():
     for i in range(4):
         logits = [float(q[i] @ table[j]) / 0.5 for j in range(9)]
         expected += math.log(sum(math.exp(v) for v in logits)) - logits[target[i]]
-    assert full_softmax_loss(q, table, target, 0.5, "dot").item() == pytest.approx(expected / 4, rel=1e-9)
+    assert full_softmax_loss(q, table, target, 0.5, "dot").item() == pytest.approx(
+        expected / 4, rel=1e-9
+    )
 
 
 def test_history_membership_matches_sets():

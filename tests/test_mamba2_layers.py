@@ -17,14 +17,26 @@ F64 = torch.float64
 
 def mamba2(**kw):
     torch.manual_seed(kw.pop("seed", 0))
-    args = dict(d_model=8, d_state=6, d_conv=4, expand=2, headdim=4, ngroups=2, chunk_size=5, dtype=F64)
+    args = dict(
+        d_model=8, d_state=6, d_conv=4, expand=2, headdim=4, ngroups=2, chunk_size=5, dtype=F64
+    )
     args.update(kw)
     return Mamba2(**args)
 
 
 def latent(**kw):
     torch.manual_seed(kw.pop("seed", 0))
-    args = dict(n_heads=3, d_head=4, d_state=6, d_conv=4, expand=2, headdim=None, ngroups=1, chunk_size=5, dtype=F64)
+    args = dict(
+        n_heads=3,
+        d_head=4,
+        d_state=6,
+        d_conv=4,
+        expand=2,
+        headdim=None,
+        ngroups=1,
+        chunk_size=5,
+        dtype=F64,
+    )
     args.update(kw)
     return MultiHeadLatentMamba2(**args)
 
@@ -38,7 +50,9 @@ BLOCKS = {
 
 
 def inputs(block, batch=2, length=13, seed=1):
-    return torch.randn(batch, length, block.d_model, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch, length, block.d_model, dtype=F64, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def close(a, b, tol=1e-10):
@@ -59,7 +73,9 @@ def reference_mamba2(block: Mamba2, u):
     b, l, _ = u.shape
     d_inner, g, n, h, p = block.d_inner, block.ngroups, block.d_state, block.nheads, block.headdim
     z, xBC, dt = (u @ block.in_proj.weight.T).split([d_inner, d_inner + 2 * g * n, h], dim=-1)
-    xBC = F.silu(block.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))  # nn.Conv1d pads both sides
+    xBC = F.silu(
+        block.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2)
+    )  # nn.Conv1d pads both sides
     x, B, C = xBC.split([d_inner, g * n, g * n], dim=-1)
     x, B, C = x.reshape(b, l, h, p), B.reshape(b, l, g, n), C.reshape(b, l, g, n)
     dt = F.softplus(dt + block.dt_bias)
@@ -68,11 +84,16 @@ def reference_mamba2(block: Mamba2, u):
     ys = []
     for t in range(l):
         Bt, Ct = B[:, t].repeat_interleave(h // g, 1), C[:, t].repeat_interleave(h // g, 1)
-        state = torch.exp(dt[:, t] * A)[..., None, None] * state + dt[:, t, :, None, None] * x[:, t, ..., None] * Bt[:, :, None]
+        state = (
+            torch.exp(dt[:, t] * A)[..., None, None] * state
+            + dt[:, t, :, None, None] * x[:, t, ..., None] * Bt[:, :, None]
+        )
         ys.append((state * Ct[:, :, None]).sum(-1) + block.D[:, None] * x[:, t])
     y = torch.stack(ys, 1).reshape(b, l, d_inner) * F.silu(z)
     y = y.reshape(b, l, g, d_inner // g)
-    y = (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(b, l, d_inner) * block.norm.weight
+    y = (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(
+        b, l, d_inner
+    ) * block.norm.weight
     return y @ block.out_proj.weight.T
 
 
@@ -108,7 +129,9 @@ def test_forward_cache_continues_with_step(name, prefix):
     y_rest, cache_end = run_steps(block, u[:, prefix:], cache)
     assert close(torch.cat([y_prefix, y_rest], 1), y_full)
     _, cache_full = block(u, return_cache=True)
-    assert close(cache_end.ssm_state, cache_full.ssm_state) and close(cache_end.conv_state, cache_full.conv_state)
+    assert close(cache_end.ssm_state, cache_full.ssm_state) and close(
+        cache_end.conv_state, cache_full.conv_state
+    )
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -126,7 +149,10 @@ def test_right_padding_lengths(name):
         assert close(cache.ssm_state[i : i + 1], cache_i.ssm_state)
         assert close(cache.conv_state[i : i + 1], cache_i.conv_state)
         # and the cache continues the unpadded sequence
-        y_next, _ = block.step(u[i : i + 1, n % 11], Mamba2Cache(cache.conv_state[i : i + 1], cache.ssm_state[i : i + 1]))
+        y_next, _ = block.step(
+            u[i : i + 1, n % 11],
+            Mamba2Cache(cache.conv_state[i : i + 1], cache.ssm_state[i : i + 1]),
+        )
         y_next_ref, _ = block.step(u[i : i + 1, n % 11], cache_i)
         assert close(y_next, y_next_ref)
 
@@ -145,17 +171,30 @@ def test_forward_last_equals_forward_at_last_position(name):
 
 def test_zero_length_cache_is_empty_cache():
     block = latent()
-    _, cache = block(inputs(block, batch=2, length=5), lengths=torch.tensor([0, 5]), return_cache=True)
+    _, cache = block(
+        inputs(block, batch=2, length=5), lengths=torch.tensor([0, 5]), return_cache=True
+    )
     empty = block.init_cache(1)
-    assert torch.equal(cache.ssm_state[:1], empty.ssm_state) and torch.equal(cache.conv_state[:1], empty.conv_state)
+    assert torch.equal(cache.ssm_state[:1], empty.ssm_state) and torch.equal(
+        cache.conv_state[:1], empty.conv_state
+    )
 
 
 @pytest.mark.parametrize("headdim,ngroups", [(None, 1), (2, 2), (4, 1)])
 def test_latent_equals_separate_blocks(headdim, ngroups):
     torch.manual_seed(3)
     n_heads, d_head = 3, 4
-    blocks = [Mamba2(d_head, d_state=6, headdim=headdim or 2 * d_head, ngroups=ngroups, chunk_size=4, dtype=F64)
-              for _ in range(n_heads)]
+    blocks = [
+        Mamba2(
+            d_head,
+            d_state=6,
+            headdim=headdim or 2 * d_head,
+            ngroups=ngroups,
+            chunk_size=4,
+            dtype=F64,
+        )
+        for _ in range(n_heads)
+    ]
     for b in blocks:  # parameters that differ between heads and from their initial values
         with torch.no_grad():
             for p in b.parameters():
@@ -163,11 +202,15 @@ def test_latent_equals_separate_blocks(headdim, ngroups):
     module = MultiHeadLatentMamba2.from_blocks(blocks)
     assert module.headdim == (headdim or 2 * d_head)
     u = inputs(module, length=10)
-    expected = torch.cat([b(u[..., i * d_head : (i + 1) * d_head]) for i, b in enumerate(blocks)], dim=-1)
+    expected = torch.cat(
+        [b(u[..., i * d_head : (i + 1) * d_head]) for i, b in enumerate(blocks)], dim=-1
+    )
     assert close(module(u), expected)
     # the same holds for the recurrent caches
     _, cache = module(u, return_cache=True)
-    caches = [b(u[..., i * d_head : (i + 1) * d_head], return_cache=True)[1] for i, b in enumerate(blocks)]
+    caches = [
+        b(u[..., i * d_head : (i + 1) * d_head], return_cache=True)[1] for i, b in enumerate(blocks)
+    ]
     assert close(cache.ssm_state, torch.cat([c.ssm_state for c in caches], 1))
 
 
@@ -178,7 +221,9 @@ def test_latent_heads_are_independent():
     bumped = u.clone()
     bumped[..., :4] += 1.0  # head 0's slice only
     y_bumped = block(bumped)
-    assert torch.equal(y_bumped[..., 4:], y[..., 4:]) and not torch.allclose(y_bumped[..., :4], y[..., :4])
+    assert torch.equal(y_bumped[..., 4:], y[..., 4:]) and not torch.allclose(
+        y_bumped[..., :4], y[..., :4]
+    )
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -209,24 +254,43 @@ def test_block_gradcheck():
     u = inputs(block, batch=1, length=5).requires_grad_()
     assert torch.autograd.gradcheck(lambda u: block(u), (u,))
     conv_w = block.conv1d.weight
-    assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(block, {"conv1d.weight": w}, (u,)), (conv_w,))
+    assert torch.autograd.gradcheck(
+        lambda w: torch.func.functional_call(block, {"conv1d.weight": w}, (u,)), (conv_w,)
+    )
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 7])  # shorter than, equal to and longer than the width
+@pytest.mark.parametrize(
+    "length", [1, 2, 3, 4, 7]
+)  # shorter than, equal to and longer than the width
 def test_causal_conv_silu_equals_conv1d_and_gradchecks(length):
     from recbole_hydra.layers.conv import _CausalConvSiLU
 
     torch.manual_seed(length)
     width, heads, channels = 4, 2, 3
     proj = torch.randn(2, length, heads, 2 * channels + 1, dtype=F64)
-    x = proj[..., channels:2 * channels].requires_grad_()  # a strided view, as the blocks pass it
+    x = proj[..., channels : 2 * channels].requires_grad_()  # a strided view, as the blocks pass it
     weight = torch.randn(heads, channels, width, dtype=F64, requires_grad=True)
     bias = torch.randn(heads, channels, dtype=F64, requires_grad=True)
     flat = x.reshape(2, length, -1).transpose(1, 2)
-    reference = F.silu(F.conv1d(flat, weight.reshape(-1, 1, width), bias.reshape(-1), padding=width - 1,
-                                groups=heads * channels)[..., :length]).transpose(1, 2).reshape(x.shape)
-    torch.testing.assert_close(_CausalConvSiLU.apply(x, weight, bias), reference, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(_CausalConvSiLU.apply, (x.detach().requires_grad_(), weight, bias))
+    reference = (
+        F.silu(
+            F.conv1d(
+                flat,
+                weight.reshape(-1, 1, width),
+                bias.reshape(-1),
+                padding=width - 1,
+                groups=heads * channels,
+            )[..., :length]
+        )
+        .transpose(1, 2)
+        .reshape(x.shape)
+    )
+    torch.testing.assert_close(
+        _CausalConvSiLU.apply(x, weight, bias), reference, rtol=1e-12, atol=1e-12
+    )
+    assert torch.autograd.gradcheck(
+        _CausalConvSiLU.apply, (x.detach().requires_grad_(), weight, bias)
+    )
 
 
 def test_initialisation_as_mamba_ssm():
@@ -237,10 +301,19 @@ def test_initialisation_as_mamba_ssm():
     dt = F.softplus(block.dt_bias)
     assert ((dt >= 1e-3 * (1 - 1e-5)) & (dt <= 0.1 * (1 + 1e-5))).all()
     assert torch.equal(block.D, torch.ones(16))
-    assert block.in_proj.bias is None and block.out_proj.bias is None and block.conv1d.bias is not None
+    assert (
+        block.in_proj.bias is None and block.out_proj.bias is None and block.conv1d.bias is not None
+    )
     # mamba-ssm's parameter names (its state_dict loads into this block)
     assert set(block.state_dict()) == {
-        "in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight",
+        "in_proj.weight",
+        "conv1d.weight",
+        "conv1d.bias",
+        "dt_bias",
+        "A_log",
+        "D",
+        "norm.weight",
+        "out_proj.weight",
     }
     assert block.in_proj.weight.shape == (2 * 128 + 2 * 16 + 16, 64)
     module = MultiHeadLatentMamba2(4, 16, d_state=16)
@@ -303,13 +376,17 @@ def test_norms():
 def _fake_causal_conv1d_fn(x, weight, bias=None, activation=None):
     assert x.dim() == 3 and weight.dim() == 2 and activation == "silu"
     width = weight.shape[1]
-    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])[
+        ..., : x.shape[-1]
+    ]
     return F.silu(out)
 
 
 def _fake_causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     assert x.dim() == 2 and conv_state.shape[:2] == x.shape and activation == "silu"
-    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1))  # in place, as the kernel
+    conv_state.copy_(
+        torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1)
+    )  # in place, as the kernel
     return F.silu((conv_state * weight).sum(-1) + bias)
 
 
@@ -329,8 +406,12 @@ def _fake_state_update(state, x, dt, A, B, C, D=None):
     return (state * C).sum(-1) + D * x
 
 
-FAKES = {"causal_conv1d_fn": _fake_causal_conv1d_fn, "causal_conv1d_update": _fake_causal_conv1d_update,
-         "mamba_chunk_scan_combined": _fake_chunk_scan, "selective_state_update": _fake_state_update}
+FAKES = {
+    "causal_conv1d_fn": _fake_causal_conv1d_fn,
+    "causal_conv1d_update": _fake_causal_conv1d_update,
+    "mamba_chunk_scan_combined": _fake_chunk_scan,
+    "selective_state_update": _fake_state_update,
+}
 
 
 @pytest.mark.parametrize("name", ["mamba2", "latent_multihead"])
@@ -353,11 +434,15 @@ def test_kernel_path_glue_matches_pytorch_path(name, monkeypatch):
     with kernels.disabled():
         y_ref, cache_ref = reference(u[:, :9], lengths=torch.tensor([9, 6]), return_cache=True)
     assert close(y[0], y_ref[0], tol) and close(y[1, :6], y_ref[1, :6], tol)
-    assert close(cache.ssm_state, cache_ref.ssm_state, tol) and close(cache.conv_state, cache_ref.conv_state)
+    assert close(cache.ssm_state, cache_ref.ssm_state, tol) and close(
+        cache.conv_state, cache_ref.conv_state
+    )
     before = cache.conv_state.clone(), cache.ssm_state.clone()
     y_t, _ = block.step(u[:, 9], cache)
     with kernels.disabled():
         y_t_ref, _ = reference.step(u[:, 9], cache_ref)
     assert close(y_t, y_t_ref, tol)
-    assert torch.equal(cache.conv_state, before[0]) and torch.equal(cache.ssm_state, before[1])  # not modified
+    assert torch.equal(cache.conv_state, before[0]) and torch.equal(
+        cache.ssm_state, before[1]
+    )  # not modified
     assert set(calls) == set(FAKES)

@@ -37,8 +37,14 @@ def test_mamba_ssm_init_kept_when_asked(tmp_path):
 @pytest.mark.parametrize("train_mode", ["prefix", "generative"])
 def test_quick_start_run_on_ml100k_slice(tmp_path, train_mode):
     data = ml100k_slice(tmp_path / "data", n_users=30)
-    config = quiet_config(data, hidden_size=16, d_state=8, MAX_ITEM_LIST_LENGTH=20, train_batch_size=256,
-                          train_mode=train_mode)
+    config = quiet_config(
+        data,
+        hidden_size=16,
+        d_state=8,
+        MAX_ITEM_LIST_LENGTH=20,
+        train_batch_size=256,
+        train_mode=train_mode,
+    )
     result = run("Mamba4Rec", "ml-100k-slice", config_dict=config, saved=False)
     for metric in ("recall@10", "ndcg@10", "recall@50", "ndcg@50"):
         assert 0.0 <= result["test_result"][metric] <= 1.0

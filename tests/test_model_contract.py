@@ -31,14 +31,42 @@ from tests.model_helpers import (
     random_batch,
 )
 
-HYDRA = dict(hidden_size=16, n_layers=2, n_heads=2, d_state=8, chunk_size=4, num_negatives=16, dropout_prob=0.0)
-HSTU = dict(hidden_size=16, n_layers=2, n_heads=2, dropout_prob=0.0, hidden_dropout_prob=0.0, num_negatives=16)
+HYDRA = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=16,
+    dropout_prob=0.0,
+)
+HSTU = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    dropout_prob=0.0,
+    hidden_dropout_prob=0.0,
+    num_negatives=16,
+)
 MAMBA4REC = dict(hidden_size=16, n_layers=2, d_state=8, chunk_size=4, dropout_prob=0.0)
-SASRECGEN = dict(hidden_size=16, n_layers=2, n_heads=2, inner_size=32, hidden_dropout_prob=0.0,
-                 attn_dropout_prob=0.0, num_negatives=16)
+SASRECGEN = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    inner_size=32,
+    hidden_dropout_prob=0.0,
+    attn_dropout_prob=0.0,
+    num_negatives=16,
+)
 #: the overfitting runs: a wider single layer, more negatives, none of them excluded
-OVERFIT = dict(hidden_size=32, n_layers=1, num_negatives=64, exclude_history_negatives=False,
-               MAX_ITEM_LIST_LENGTH=10, train_batch_size=20)
+OVERFIT = dict(
+    hidden_size=32,
+    n_layers=1,
+    num_negatives=64,
+    exclude_history_negatives=False,
+    MAX_ITEM_LIST_LENGTH=10,
+    train_batch_size=20,
+)
 #: 20 users with fixed short sequences over 40 items (chance of ranking a target first: 1/40)
 FIXED_ROWS = [(f"u{u}", f"i{(u * 7 + t * 3) % 40}", t) for u in range(20) for t in range(6)]
 CE_DOT = dict(loss_type="CE", similarity="dot", temperature=1.0)
@@ -70,22 +98,59 @@ CASES = [
     Case("Hydra-layer_checkpointing", "Hydra", {**HYDRA, "layer_checkpointing": True}),
     Case("Hydra-CE-dot", "Hydra", {**HYDRA, **CE_DOT}),
     Case("Hydra-prefix", "Hydra", {**HYDRA, "train_mode": "prefix"}),
-    Case("HSTU", "HSTU", HSTU, times=True, max_length_checked=True,
-         bad=tuple(BASE_CHECKS + HEADS_CHECK + [(dict(time_query="future"), "time_query must be one of")])),
-    Case("HSTU-prefix-CE-dot", "HSTU", {**HSTU, "train_mode": "prefix", **CE_DOT}, times=True,
-         max_length_checked=True),
+    Case(
+        "HSTU",
+        "HSTU",
+        HSTU,
+        times=True,
+        max_length_checked=True,
+        bad=tuple(
+            BASE_CHECKS + HEADS_CHECK + [(dict(time_query="future"), "time_query must be one of")]
+        ),
+    ),
+    Case(
+        "HSTU-prefix-CE-dot",
+        "HSTU",
+        {**HSTU, "train_mode": "prefix", **CE_DOT},
+        times=True,
+        max_length_checked=True,
+    ),
     Case("HSTU-no-time-bias", "HSTU", {**HSTU, "time_bias": False}, max_length_checked=True),
-    Case("Mamba4Rec", "Mamba4Rec", MAMBA4REC, overfit_steps=200,  # the paper's: prefix, full softmax, dot
-         bad=tuple(BASE_CHECKS + [(dict(n_layers=0), "n_layers must be")])),
-    Case("Mamba4Rec-generative-InfoNCE", "Mamba4Rec",
-         {**MAMBA4REC, "train_mode": "generative", **INFONCE_COSINE, "num_negatives": 16}, overfit_steps=200),
-    Case("SASRecGen", "SASRecGen", SASRECGEN, max_length_checked=True,
-         bad=tuple(BASE_CHECKS + [(dict(hidden_size=30, n_heads=4), "not divisible"),
-                                  (dict(hidden_act="tanh"), "hidden_act must be one of")])),
+    Case(
+        "Mamba4Rec",
+        "Mamba4Rec",
+        MAMBA4REC,
+        overfit_steps=200,  # the paper's: prefix, full softmax, dot
+        bad=tuple(BASE_CHECKS + [(dict(n_layers=0), "n_layers must be")]),
+    ),
+    Case(
+        "Mamba4Rec-generative-InfoNCE",
+        "Mamba4Rec",
+        {**MAMBA4REC, "train_mode": "generative", **INFONCE_COSINE, "num_negatives": 16},
+        overfit_steps=200,
+    ),
+    Case(
+        "SASRecGen",
+        "SASRecGen",
+        SASRECGEN,
+        max_length_checked=True,
+        bad=tuple(
+            BASE_CHECKS
+            + [
+                (dict(hidden_size=30, n_heads=4), "not divisible"),
+                (dict(hidden_act="tanh"), "hidden_act must be one of"),
+            ]
+        ),
+    ),
     # HydraMD's forward is Hydra's (item_seq, item_seq_len), so the same contract holds; its
     # batches differ (merged and per-domain sequences), hence its own data and eval batches.
-    Case("HydraMD", "HydraMD", {**HYDRA, "n_layers": 1, "topk": [1, 5], "valid_metric": "NDCG@1"},
-         multi_domain=True, bad=tuple(BASE_CHECKS)),  # train_mode: test_multidomain.py
+    Case(
+        "HydraMD",
+        "HydraMD",
+        {**HYDRA, "n_layers": 1, "topk": [1, 5], "valid_metric": "NDCG@1"},
+        multi_domain=True,
+        bad=tuple(BASE_CHECKS),
+    ),  # train_mode: test_multidomain.py
 ]
 BY_ID = {case.id: case for case in CASES}
 
@@ -105,8 +170,9 @@ def build(root, case, rows=None, **extra):
     settings = {**case.config, **extra}
     if case.multi_domain:
         data = write_domains(root / "data", "md", rows or md_rows())
-        config_dict = quiet_config(data, load_col={"inter": ["user_id", "item_id", "timestamp", "domain"]},
-                                   **settings)
+        config_dict = quiet_config(
+            data, load_col={"inter": ["user_id", "item_id", "timestamp", "domain"]}, **settings
+        )
     else:
         data = write_inter(root / "data", "toy", rows or random_sequences(20, 30, 3, 12))
         config_dict = quiet_config(data, **settings)
@@ -157,7 +223,10 @@ def test_forward_is_one_state_per_position_and_causal(built):
     inputs = forward_inputs(case, model)
     seq, lengths = random_batch(model)
     with torch.no_grad():
-        assert model.eval()(seq, lengths, **inputs).shape == (*seq.shape, model.item_embedding.embedding_dim)
+        assert model.eval()(seq, lengths, **inputs).shape == (
+            *seq.shape,
+            model.item_embedding.embedding_dim,
+        )
     assert_causal(model, **inputs)
 
 
@@ -182,10 +251,16 @@ def test_recbole_methods(built):
         # predict is full_sort_predict's column, for the targets and for other items
         targets = model.predict(batch)
         assert targets.shape == (len(batch),)
-        torch.testing.assert_close(targets, scores.gather(1, batch[model.ITEM_ID].unsqueeze(1)).squeeze(1))
-        others = torch.randint(1, model.n_items, (len(batch),), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(
+            targets, scores.gather(1, batch[model.ITEM_ID].unsqueeze(1)).squeeze(1)
+        )
+        others = torch.randint(
+            1, model.n_items, (len(batch),), generator=torch.Generator().manual_seed(1)
+        )
         batch[model.ITEM_ID] = others
-        torch.testing.assert_close(model.predict(batch), scores.gather(1, others.unsqueeze(1)).squeeze(1))
+        torch.testing.assert_close(
+            model.predict(batch), scores.gather(1, others.unsqueeze(1)).squeeze(1)
+        )
     if case.multi_domain:  # each target ranked inside its own domain: finite there, -inf elsewhere
         in_domain = model.item_domain.unsqueeze(0) == batch[model.DOMAIN].unsqueeze(1)
         assert torch.equal(torch.isfinite(scores), in_domain)
@@ -208,14 +283,16 @@ def md_training_targets(model, batch):
     rows = torch.arange(len(target))
     col = domain - 1  # the per-domain columns are the domain ids 1, 2, ...
     keep = (batch[model.DOMAIN_TARGET][rows, col] == target) & (batch[model.MERGED_SEQ_LEN] > 0)
-    interaction = Interaction({
-        model.ITEM_SEQ: batch[model.DOMAIN_SEQ][rows, col][keep],
-        model.ITEM_SEQ_LEN: batch[model.DOMAIN_SEQ_LEN][rows, col][keep],
-        model.MERGED_SEQ: batch[model.MERGED_SEQ][keep],
-        model.MERGED_SEQ_LEN: batch[model.MERGED_SEQ_LEN][keep],
-        model.DOMAIN: domain[keep],
-        model.ITEM_ID: target[keep],
-    })
+    interaction = Interaction(
+        {
+            model.ITEM_SEQ: batch[model.DOMAIN_SEQ][rows, col][keep],
+            model.ITEM_SEQ_LEN: batch[model.DOMAIN_SEQ_LEN][rows, col][keep],
+            model.MERGED_SEQ: batch[model.MERGED_SEQ][keep],
+            model.MERGED_SEQ_LEN: batch[model.MERGED_SEQ_LEN][keep],
+            model.DOMAIN: domain[keep],
+            model.ITEM_ID: target[keep],
+        }
+    )
     return interaction, target[keep]
 
 
@@ -231,11 +308,16 @@ def test_overfits_tiny_fixed_data(tmp_path, case_id):
     else:
         _, model, train, _ = build(tmp_path, case, rows=FIXED_ROWS, **settings)
         targets_of = None
-    assert overfit_recall_at_1(model, train, steps=case.overfit_steps, targets_of=targets_of) >= 0.95
+    assert (
+        overfit_recall_at_1(model, train, steps=case.overfit_steps, targets_of=targets_of) >= 0.95
+    )
 
 
-BAD_SETTINGS = [pytest.param(case.id, settings, message, id=f"{case.id}-{'-'.join(settings)}")
-                for case in CASES for settings, message in case.bad]
+BAD_SETTINGS = [
+    pytest.param(case.id, settings, message, id=f"{case.id}-{'-'.join(settings)}")
+    for case in CASES
+    for settings, message in case.bad
+]
 
 
 @pytest.mark.parametrize("built,settings,message", BAD_SETTINGS, indirect=["built"])
@@ -246,8 +328,15 @@ def test_bad_settings_are_one_clear_error(built, settings, message):
         make_config(case.model, dataset_name(case), config_dict={**good, **settings})
 
 
-BAD_FORWARD = ([pytest.param(case.id, "no timestamps", id=f"{case.id}-no-timestamps") for case in CASES if case.times]
-               + [pytest.param(case.id, "too long", id=f"{case.id}-too-long") for case in CASES if case.max_length_checked])
+BAD_FORWARD = [
+    pytest.param(case.id, "no timestamps", id=f"{case.id}-no-timestamps")
+    for case in CASES
+    if case.times
+] + [
+    pytest.param(case.id, "too long", id=f"{case.id}-too-long")
+    for case in CASES
+    if case.max_length_checked
+]
 
 
 @pytest.mark.parametrize("built,bad", BAD_FORWARD, indirect=["built"])
@@ -260,7 +349,14 @@ def test_bad_forward_input_is_one_clear_error(built, bad):
             model(seq, lengths)
     else:
         longer = torch.nn.functional.pad(seq, (0, model.max_seq_length + 1 - seq.size(1)))
-        inputs = {k: torch.nn.functional.pad(v, (0, longer.size(1) - v.size(1))) for k, v in inputs.items()}
+        inputs = {
+            k: torch.nn.functional.pad(v, (0, longer.size(1) - v.size(1)))
+            for k, v in inputs.items()
+        }
         with pytest.raises(ValueError, match="exceeds MAX_ITEM_LIST_LENGTH"):
             model(longer, lengths, **inputs)
-        model(longer[:, : model.max_seq_length], lengths, **{k: v[:, : model.max_seq_length] for k, v in inputs.items()})
+        model(
+            longer[:, : model.max_seq_length],
+            lengths,
+            **{k: v[:, : model.max_seq_length] for k, v in inputs.items()},
+        )

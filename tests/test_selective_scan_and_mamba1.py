@@ -36,8 +36,16 @@ def loop_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
 def scan_inputs(b=3, d=5, n=4, length=13, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    return dict(u=r(b, d, length), delta=r(b, d, length), A=-3 * torch.rand(d, n, generator=g, dtype=dtype),
-                B=r(b, n, length), C=r(b, n, length), D=r(d), z=r(b, d, length), delta_bias=r(d))
+    return dict(
+        u=r(b, d, length),
+        delta=r(b, d, length),
+        A=-3 * torch.rand(d, n, generator=g, dtype=dtype),
+        B=r(b, n, length),
+        C=r(b, n, length),
+        D=r(d),
+        z=r(b, d, length),
+        delta_bias=r(d),
+    )
 
 
 @pytest.mark.parametrize("length", [1, 7, 13, 50])
@@ -47,7 +55,9 @@ def test_float64_equals_the_step_by_step_loop(length, chunk_size, extras):
     x = scan_inputs(length=length)
     if not extras:  # no D, z, delta_bias; delta kept positive instead of softplus
         x.update(D=None, z=None, delta_bias=None, delta=x["delta"].abs())
-    y, last = selective_scan(**x, delta_softplus=extras, return_last_state=True, chunk_size=chunk_size)
+    y, last = selective_scan(
+        **x, delta_softplus=extras, return_last_state=True, chunk_size=chunk_size
+    )
     y_ref, last_ref = loop_scan(**x, delta_softplus=extras)
     assert y.dtype == torch.float64 and y.shape == y_ref.shape and last.shape == last_ref.shape
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
@@ -86,8 +96,12 @@ def test_gradients_match_finite_differences(chunk_size):
         v.requires_grad_(True)
 
     def f(*args):
-        return selective_scan(**dict(zip(names, args)), delta_softplus=True, return_last_state=True,
-                              chunk_size=chunk_size)
+        return selective_scan(
+            **dict(zip(names, args)),
+            delta_softplus=True,
+            return_last_state=True,
+            chunk_size=chunk_size,
+        )
 
     assert torch.autograd.gradcheck(f, tuple(x.values()))
 
@@ -97,8 +111,19 @@ def test_row_blocks_and_time_first_layout(monkeypatch):
     y_ref, last_ref = loop_scan(**x, delta_softplus=True)
     monkeypatch.setattr(scan_module, "_BLOCK_ELEMENTS", 2 * 9 * 5 * 4)  # 2 rows per block
     t = lambda v: v.transpose(1, 2)  # noqa: E731
-    y, last = selective_scan_bld(t(x["u"]), t(x["delta"]), x["A"], t(x["B"]), t(x["C"]), x["D"], t(x["z"]),
-                                 x["delta_bias"], True, return_last_state=True, chunk_size=4)
+    y, last = selective_scan_bld(
+        t(x["u"]),
+        t(x["delta"]),
+        x["A"],
+        t(x["B"]),
+        t(x["C"]),
+        x["D"],
+        t(x["z"]),
+        x["delta_bias"],
+        True,
+        return_last_state=True,
+        chunk_size=4,
+    )
     torch.testing.assert_close(t(y), y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, last_ref, rtol=1e-12, atol=1e-12)
 
@@ -113,7 +138,9 @@ def mamba_step_by_step(m, u):
     dt, B, C = m.x_proj(x.transpose(1, 2)).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
     dt = F.linear(dt, m.dt_proj.weight)
     t = lambda v: v.transpose(1, 2)  # noqa: E731
-    y, _ = loop_scan(x, t(dt), -torch.exp(m.A_log), t(B), t(C), m.D, t(z), m.dt_proj.bias, delta_softplus=True)
+    y, _ = loop_scan(
+        x, t(dt), -torch.exp(m.A_log), t(B), t(C), m.D, t(z), m.dt_proj.bias, delta_softplus=True
+    )
     return m.out_proj(y.transpose(1, 2))
 
 

@@ -9,8 +9,15 @@ from recbole_hydra.serving import StreamingRecommender, StreamState
 from tests.conftest import quiet_config, random_sequences, write_inter
 from tests.model_helpers import build_model
 
-SMALL = dict(hidden_size=16, n_layers=2, n_heads=2, d_state=8, chunk_size=4, num_negatives=16,
-             MAX_ITEM_LIST_LENGTH=10)
+SMALL = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=16,
+    MAX_ITEM_LIST_LENGTH=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,12 @@ def test_updates_equal_full_recompute(streamer, start, total):
     state = streamer.init_state(history[:start])
     for t in range(start, total):
         state = streamer.update(state, history[t])
-        torch.testing.assert_close(streamer.scores(state), full_recompute(streamer.model, history[: t + 1]),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            streamer.scores(state),
+            full_recompute(streamer.model, history[: t + 1]),
+            rtol=1e-4,
+            atol=1e-4,
+        )
     assert int(state.position) == total
 
 
@@ -43,12 +54,16 @@ def test_batched_states_equal_single_user_states(streamer):
     histories = [torch.randint(1, streamer.n_items, (n,), generator=g).tolist() for n in (3, 11, 6)]
     batch = streamer.init_state(histories)
     singles = [streamer.init_state(h) for h in histories]
-    torch.testing.assert_close(streamer.scores(batch), streamer.scores(StreamingRecommender.batch(singles)))
+    torch.testing.assert_close(
+        streamer.scores(batch), streamer.scores(StreamingRecommender.batch(singles))
+    )
     nxt = [7, 8, 9]
     batch = streamer.update(batch, nxt)
     for i, single in enumerate(singles):
         single = streamer.update(single, nxt[i])
-        torch.testing.assert_close(streamer.scores(StreamingRecommender.select(batch, i)), streamer.scores(single))
+        torch.testing.assert_close(
+            streamer.scores(StreamingRecommender.select(batch, i)), streamer.scores(single)
+        )
 
 
 def test_state_is_plain_tensors_that_save(streamer, tmp_path):
@@ -79,7 +94,9 @@ def test_unknown_item_or_empty_history_is_a_clear_error(streamer, bad):
 
 def test_from_checkpoint_scores_like_the_trained_model(tmp_path):
     root = write_inter(tmp_path / "data", "toy", random_sequences(15, 30, 4, 12))
-    result = run("Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL))
+    result = run(
+        "Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL)
+    )
     streamer = StreamingRecommender.from_checkpoint(result["model_file"])
     from recbole_hydra.checkpoint import load_data_and_model
 
@@ -89,22 +106,44 @@ def test_from_checkpoint_scores_like_the_trained_model(tmp_path):
     histories = [row[:n].tolist() for row, n in zip(batch["item_id_list"], batch["item_length"])]
     with torch.no_grad():
         expected = model.full_sort_predict(batch)
-    torch.testing.assert_close(streamer.scores(streamer.init_state(histories)), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        streamer.scores(streamer.init_state(histories)), expected, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_recommend_command_replays_events(tmp_path, capsys):
     import run_hydra
 
     root = write_inter(tmp_path / "data", "toy", random_sequences(15, 30, 6, 12))
-    result = run("Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL))
+    result = run(
+        "Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL)
+    )
     capsys.readouterr()
-    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=u1,u2",
-                           "--k=3", "--replay=2"]) == 0
+    assert (
+        run_hydra.main(
+            [
+                "--recommend",
+                f"--checkpoint={result['model_file']}",
+                "--users=u1,u2",
+                "--k=3",
+                "--replay=2",
+            ]
+        )
+        == 0
+    )
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("user ")]
     assert len(lines) == 2 * 3 and all(len(l.split(": ")[1].split(" | ")) == 3 for l in lines)
-    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=nobody"]) == 2
+    assert (
+        run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=nobody"])
+        == 2
+    )
     assert "unknown user 'nobody'" in capsys.readouterr().err
-    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=u1", "--k=1000"]) == 2
+    assert (
+        run_hydra.main(
+            ["--recommend", f"--checkpoint={result['model_file']}", "--users=u1", "--k=1000"]
+        )
+        == 2
+    )
     assert "k must be an integer from 1 to" in capsys.readouterr().err
 
 
@@ -112,12 +151,26 @@ def test_recommend_replays_each_users_own_events(tmp_path, capsys):
     """A user with a short history replays fewer events without capping the users after it."""
     import run_hydra
 
-    rows = [r for r in random_sequences(15, 30, 11, 12) if r[0] != "u0"] + [("u0", f"i{t}", t) for t in range(4)]
+    rows = [r for r in random_sequences(15, 30, 11, 12) if r[0] != "u0"] + [
+        ("u0", f"i{t}", t) for t in range(4)
+    ]
     root = write_inter(tmp_path / "data", "toy", rows)
-    result = run("Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL))
+    result = run(
+        "Hydra", "toy", config_dict=quiet_config(root, topk=[5], valid_metric="NDCG@5", **SMALL)
+    )
     capsys.readouterr()
-    assert run_hydra.main(["--recommend", f"--checkpoint={result['model_file']}", "--users=u0,u1",
-                           "--k=2", "--replay=5"]) == 0
+    assert (
+        run_hydra.main(
+            [
+                "--recommend",
+                f"--checkpoint={result['model_file']}",
+                "--users=u0,u1",
+                "--k=2",
+                "--replay=5",
+            ]
+        )
+        == 0
+    )
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("user ")]
     # u0's test row holds its 3 earlier events and the test item: 3 replayed events, 4 lines;
     # u1's holds 10 + 1: all 5 replayed, 6 lines

@@ -14,7 +14,11 @@ def loop_scan(x, dt, A, B, C, D=None, initial_state=None):
     """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T, y_t = S_t C_t + D x_t, one position and head at a time."""
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
-    state = torch.zeros(batch, nheads, headdim, d_state, dtype=x.dtype) if initial_state is None else initial_state.clone()
+    state = (
+        torch.zeros(batch, nheads, headdim, d_state, dtype=x.dtype)
+        if initial_state is None
+        else initial_state.clone()
+    )
     y = torch.zeros_like(x)
     for t in range(length):
         for i in range(nheads):
@@ -50,9 +54,16 @@ def test_scan_equals_loop(chunk_size, ngroups, d_kind, with_initial):
     x, dt, A, B, C = make_inputs(ngroups=ngroups)
     nheads, headdim, d_state = x.shape[2], x.shape[3], B.shape[3]
     g = torch.Generator().manual_seed(1)
-    D = {None: None, "h": torch.randn(nheads, generator=g, dtype=F64),
-         "hp": torch.randn(nheads, headdim, generator=g, dtype=F64)}[d_kind]
-    S0 = torch.randn(x.shape[0], nheads, headdim, d_state, generator=g, dtype=F64) if with_initial else None
+    D = {
+        None: None,
+        "h": torch.randn(nheads, generator=g, dtype=F64),
+        "hp": torch.randn(nheads, headdim, generator=g, dtype=F64),
+    }[d_kind]
+    S0 = (
+        torch.randn(x.shape[0], nheads, headdim, d_state, generator=g, dtype=F64)
+        if with_initial
+        else None
+    )
 
     y, final = ssd_scan(x, dt, A, B, C, chunk_size, D=D, initial_state=S0)
     y_ref, final_ref = loop_scan(x, dt, A, B, C, D=D, initial_state=S0)
@@ -100,7 +111,9 @@ def test_causal(chunk_size):
         bumped = [v.clone() for v in (x, dt, B, C)]
         for v in bumped:
             v[:, t + 1] += 1.0
-        y_bumped, _ = ssd_scan(bumped[0], bumped[1], A, bumped[2], bumped[3], chunk_size, D=torch.ones(4, dtype=F64))
+        y_bumped, _ = ssd_scan(
+            bumped[0], bumped[1], A, bumped[2], bumped[3], chunk_size, D=torch.ones(4, dtype=F64)
+        )
         assert torch.equal(y_bumped[:, : t + 1], y[:, : t + 1])
         assert not torch.allclose(y_bumped[:, t + 1], y[:, t + 1])
 
@@ -111,7 +124,9 @@ def test_gradcheck():
     S0 = torch.randn(2, 4, 2, 3, dtype=F64)
     inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, S0)]
 
-    def fn(x, dt, A, B, C, D, S0):  # chunk 3: padding, several chunks and the inter-chunk recurrence
+    def fn(
+        x, dt, A, B, C, D, S0
+    ):  # chunk 3: padding, several chunks and the inter-chunk recurrence
         return ssd_scan(x, dt, A, B, C, 3, D=D, initial_state=S0)
 
     assert torch.autograd.gradcheck(fn, inputs)

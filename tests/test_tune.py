@@ -12,25 +12,37 @@ import yaml
 
 import run_hydra
 from recbole_hydra import tune as hydra_tune
-from recbole_hydra.config import make_config, PROPERTIES
+from recbole_hydra.config import PROPERTIES, make_config
 from tests.conftest import ml100k_slice, quiet_config
 
-TINY_HYDRA = dict(hidden_size=16, n_layers=1, n_heads=2, d_state=8, chunk_size=8,
-                  num_negatives=16, MAX_ITEM_LIST_LENGTH=10)
+TINY_HYDRA = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=8,
+    num_negatives=16,
+    MAX_ITEM_LIST_LENGTH=10,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # the params file (no Ray)
 
+
 def test_recbole_hyper_syntax_reads_into_ray_distributions():
     params = hydra_tune.parse_params(
         "# comment\n\nlearning_rate loguniform -8,0\nn_heads  choice [2, 4, 8]  # inline\n"
         "dropout_prob uniform 0.0,0.5\nhidden_size quniform 32,128,32\nwd quniform 0,0.1,0.05\n"
-        "similarity choice ['cosine','dot']\n")
+        "similarity choice ['cosine','dot']\n"
+    )
     assert params == {
-        "learning_rate": ("loguniform", [-8.0, 0.0]), "n_heads": ("choice", [2, 4, 8]),
-        "dropout_prob": ("uniform", [0.0, 0.5]), "hidden_size": ("quniform", [32, 128, 32]),
-        "wd": ("quniform", [0.0, 0.1, 0.05]), "similarity": ("choice", ["cosine", "dot"]),
+        "learning_rate": ("loguniform", [-8.0, 0.0]),
+        "n_heads": ("choice", [2, 4, 8]),
+        "dropout_prob": ("uniform", [0.0, 0.5]),
+        "hidden_size": ("quniform", [32, 128, 32]),
+        "wd": ("quniform", [0.0, 0.1, 0.05]),
+        "similarity": ("choice", ["cosine", "dot"]),
     }
     space = hydra_tune.search_space(params)
     # RecBole's loguniform is exp(uniform(low, high)): bounds e^-8 .. e^0
@@ -43,22 +55,31 @@ def test_recbole_hyper_syntax_reads_into_ray_distributions():
 
 def test_the_shipped_hydra_space_is_valid():
     params = hydra_tune.read_params_file(PROPERTIES / "tune" / "hydra.hyper")
-    assert {"learning_rate", "hidden_size", "n_layers", "n_heads", "dropout_prob",
-            "d_state"} <= set(params)
+    assert {
+        "learning_rate",
+        "hidden_size",
+        "n_layers",
+        "n_heads",
+        "dropout_prob",
+        "d_state",
+    } <= set(params)
     heads, sizes = params["n_heads"][1], params["hidden_size"][1]
     assert all(h % n == 0 for h in sizes for n in heads)
     assert hydra_tune.default_params_file("Hydra") == str(PROPERTIES / "tune" / "hydra.hyper")
 
 
-@pytest.mark.parametrize("line,message", [
-    ("learning_rate loguniform", "expected NAME TYPE VALUE"),
-    ("learning_rate lognormal -8,0", "unknown type 'lognormal'"),
-    ("n_heads choice 4", "choice needs a non-empty list"),
-    ("dropout_prob uniform 0.5", "uniform needs LOW,HIGH"),
-    ("dropout_prob uniform a,b", "bounds must be numbers"),
-    ("dropout_prob uniform 0.5,0.1", "finite LOW <= HIGH"),
-    ("hidden_size quniform 32,128,0", "step Q > 0"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("learning_rate loguniform", "expected NAME TYPE VALUE"),
+        ("learning_rate lognormal -8,0", "unknown type 'lognormal'"),
+        ("n_heads choice 4", "choice needs a non-empty list"),
+        ("dropout_prob uniform 0.5", "uniform needs LOW,HIGH"),
+        ("dropout_prob uniform a,b", "bounds must be numbers"),
+        ("dropout_prob uniform 0.5,0.1", "finite LOW <= HIGH"),
+        ("hidden_size quniform 32,128,0", "step Q > 0"),
+    ],
+)
 def test_a_bad_line_is_one_line_naming_it(capsys, line, message):
     Path("bad.hyper").write_text("n_layers choice [1,2]\n\n" + line + "\n")
     code = run_hydra.main(["--tune", "--params_file=bad.hyper"])
@@ -70,8 +91,15 @@ def test_a_bad_line_is_one_line_naming_it(capsys, line, message):
 def test_a_key_the_model_does_not_have_is_refused(capsys, tmp_path):
     data = ml100k_slice(tmp_path / "data", n_users=20)
     Path("typo.hyper").write_text("learnin_rate loguniform -8,0\n")
-    code = run_hydra.main(["--tune", "--params_file=typo.hyper", "--dataset=ml-100k-slice",
-                           f"--data_path={data}", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"])
+    code = run_hydra.main(
+        [
+            "--tune",
+            "--params_file=typo.hyper",
+            "--dataset=ml-100k-slice",
+            f"--data_path={data}",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "learnin_rate is not a config key of Hydra" in err[0]
 
@@ -85,12 +113,18 @@ def test_resume_without_a_search_is_one_line(capsys):
 # --------------------------------------------------------------------------------------------
 # searches on a local Ray
 
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=80 * 1024 * 1024)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=80 * 1024 * 1024,
+    )
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -100,9 +134,16 @@ def tiny_search(tmp_path, params_text, **kwargs):
     data = ml100k_slice(tmp_path / "data", n_users=40)
     Path("space.hyper").write_text(params_text)
     config = quiet_config(data, epochs=2, **TINY_HYDRA)
-    return hydra_tune.search("Hydra", "ml-100k-slice", params_file="space.hyper",
-                             config_dict=config, cpus_per_trial=1, max_concurrent=2,
-                             verbose=0, **kwargs)
+    return hydra_tune.search(
+        "Hydra",
+        "ml-100k-slice",
+        params_file="space.hyper",
+        config_dict=config,
+        cpus_per_trial=1,
+        max_concurrent=2,
+        verbose=0,
+        **kwargs,
+    )
 
 
 def test_two_trial_search_writes_table_and_best_yaml(local_ray, tmp_path):
@@ -114,8 +155,9 @@ def test_two_trial_search_writes_table_and_best_yaml(local_ray, tmp_path):
     assert scores == sorted(scores, reverse=True)
     best = summary["best"]
     assert best is rows[0] and best["status"] == "completed"
-    assert set(summary["best_test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg")
-                                                for k in (10, 50, 200)}
+    assert set(summary["best_test_result"]) == {
+        f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)
+    }
 
     # every epoch was reported to Tune, and the trial left what a plain run leaves
     trial_dir = Path(best["trial_dir"])
@@ -147,13 +189,18 @@ def test_two_trial_search_writes_table_and_best_yaml(local_ray, tmp_path):
 
     # resuming a finished search runs nothing again and gives the same table
     again = hydra_tune.search(None, None, resume=str(summary["experiment_dir"]), verbose=0)
-    assert [(r["trial"], r["best_valid"]) for r in again["rows"]] == \
-        [(r["trial"], r["best_valid"]) for r in rows]
+    assert [(r["trial"], r["best_valid"]) for r in again["rows"]] == [
+        (r["trial"], r["best_valid"]) for r in rows
+    ]
 
 
 def test_a_failing_trial_is_reported_and_the_other_finishes(local_ray, tmp_path):
-    summary = tiny_search(tmp_path, "n_heads choice [2,3]\n", num_samples=2,
-                          points_to_evaluate=[{"n_heads": 3}, {"n_heads": 2}])
+    summary = tiny_search(
+        tmp_path,
+        "n_heads choice [2,3]\n",
+        num_samples=2,
+        points_to_evaluate=[{"n_heads": 3}, {"n_heads": 2}],
+    )
     by_heads = {r["params"]["n_heads"]: r for r in summary["rows"]}
     assert by_heads[3]["status"] == "failed"
     assert by_heads[3]["error"].startswith("UsageError: hidden_size (16) is not divisible")

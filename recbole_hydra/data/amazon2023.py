@@ -83,23 +83,32 @@ SPLITS = ("train", "valid", "test")
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 ITEM_FIELDS = ("title", "main_category", "categories", "description", "store")
-ITEM_HEADER = ("item_id:token\ttitle:token\tmain_category:token\tcategories:token_seq\t"
-               "description:token\tstore:token\n")
+ITEM_HEADER = (
+    "item_id:token\ttitle:token\tmain_category:token\tcategories:token_seq\t"
+    "description:token\tstore:token\n"
+)
 
 USER, ITEM, RATING, TIME = "user_id", "parent_asin", "rating", "timestamp"
-INTER_SCHEMA = pa.schema([(USER, pa.string()), (ITEM, pa.string()),
-                          (RATING, pa.float64()), (TIME, pa.float64())])
-META_SCHEMA = pa.schema([(ITEM, pa.string()), ("title", pa.string()),
-                         ("main_category", pa.string()), ("store", pa.string()),
-                         ("categories", pa.list_(pa.string())),
-                         ("description", pa.list_(pa.string()))])
+INTER_SCHEMA = pa.schema(
+    [(USER, pa.string()), (ITEM, pa.string()), (RATING, pa.float64()), (TIME, pa.float64())]
+)
+META_SCHEMA = pa.schema(
+    [
+        (ITEM, pa.string()),
+        ("title", pa.string()),
+        ("main_category", pa.string()),
+        ("store", pa.string()),
+        ("categories", pa.list_(pa.string())),
+        ("description", pa.list_(pa.string())),
+    ]
+)
 # An id must be non-empty and free of white space, control characters and double quotes (it is
 # written unquoted into a tab-separated file). The same class in Arrow's RE2 and in Python.
 BAD_ID = r'^$|[\x00-\x20\x7f"]'
 _BAD_ID = re.compile(BAD_ID)
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
-MAX_TIME_MS = 2.0 ** 53  # beyond this a float no longer holds every millisecond
-MAX_RATING = 3.0e38      # ratings are stored as float32
+MAX_TIME_MS = 2.0**53  # beyond this a float no longer holds every millisecond
+MAX_RATING = 3.0e38  # ratings are stored as float32
 SMALL_BLOCK_LINES = 256  # below this a rejected block is parsed line by line
 WRITE_ROWS = 1 << 20
 
@@ -115,15 +124,17 @@ def resolve_category(value: str) -> str:
     for category in CATEGORIES:
         if category.lower() == value.lower():
             return category
-    raise ConvertError(f"unknown category {value!r}: use one of {', '.join(CATEGORIES)} "
-                       f"(or {', '.join(DATASETS)})")
+    raise ConvertError(
+        f"unknown category {value!r}: use one of {', '.join(CATEGORIES)} (or {', '.join(DATASETS)})"
+    )
 
 
 # --- input files ------------------------------------------------------------------------------
 
+
 class Inputs(NamedTuple):
-    kind: str             # "csv" or "jsonl"
-    interactions: list    # paths, read in this order
+    kind: str  # "csv" or "jsonl"
+    interactions: list  # paths, read in this order
     meta: Optional[Path]
 
 
@@ -154,8 +165,10 @@ def find_inputs(raw, category: str, source: str = "auto") -> Inputs:
             kind = "jsonl" if choice == "jsonl" else "csv"
             return Inputs(kind, found[choice], pick(f"meta_{category}.jsonl"))
     wanted = " or ".join(names[choice] for choice in order)
-    raise ConvertError(f"no {wanted} in {raw}: download {category}.jsonl.gz (reviews) or the "
-                       f"rating-only {category}.csv.gz, and meta_{category}.jsonl.gz, from {SITE}")
+    raise ConvertError(
+        f"no {wanted} in {raw}: download {category}.jsonl.gz (reviews) or the "
+        f"rating-only {category}.csv.gz, and meta_{category}.jsonl.gz, from {SITE}"
+    )
 
 
 def _open(path: Path):
@@ -187,7 +200,7 @@ def _line_blocks(path: Path, block_bytes: int, bar=None) -> Iterator[Tuple[int, 
             if cut < 0:
                 rest = data
                 continue
-            block, rest = data[:cut + 1], data[cut + 1:]
+            block, rest = data[: cut + 1], data[cut + 1 :]
             yield line_no, block
             line_no += block.count(b"\n")
     finally:
@@ -205,11 +218,19 @@ def _stderr_line(message: str) -> None:
 def _progress(path: Path, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
-                disable=not enabled, file=sys.stderr, leave=False)
+    return tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=path.name,
+        disable=not enabled,
+        file=sys.stderr,
+        leave=False,
+    )
 
 
 # --- malformed input --------------------------------------------------------------------------
+
 
 class Problems:
     """Counts malformed lines by reason; with ``fail`` the first one is an error."""
@@ -278,9 +299,10 @@ def _check_row(user, item, rating, timestamp):
 
 # --- parsing interactions ---------------------------------------------------------------------
 
+
 class Ids(NamedTuple):
-    codes: np.ndarray       # int32 positions in ``dictionary``
-    dictionary: pa.Array    # distinct strings
+    codes: np.ndarray  # int32 positions in ``dictionary``
+    dictionary: pa.Array  # distinct strings
 
 
 def encode(column) -> Ids:
@@ -298,7 +320,7 @@ class Rows(NamedTuple):
     users: Ids
     items: Ids
     rating: np.ndarray  # float32
-    ms: np.ndarray      # int64, milliseconds
+    ms: np.ndarray  # int64, milliseconds
 
 
 def _numbers(table, name):
@@ -325,9 +347,12 @@ def _checked(table: pa.Table, n_lines: int) -> Optional[Rows]:
 
 
 def _rows_from_lists(users, items, ratings, stamps) -> Rows:
-    return Rows(encode(pa.array(users, pa.string())), encode(pa.array(items, pa.string())),
-                np.array(ratings, np.float32),
-                np.rint(np.array(stamps, np.float64)).astype(np.int64))
+    return Rows(
+        encode(pa.array(users, pa.string())),
+        encode(pa.array(items, pa.string())),
+        np.array(ratings, np.float32),
+        np.rint(np.array(stamps, np.float64)).astype(np.int64),
+    )
 
 
 class _CsvFormat:
@@ -340,18 +365,23 @@ class _CsvFormat:
             if need not in names:
                 raise ConvertError(
                     f"{path}:1: no {need!r} column in the header (columns: {', '.join(names)}); "
-                    f"expected {USER},{ITEM},{RATING},{TIME}")
+                    f"expected {USER},{ITEM},{RATING},{TIME}"
+                )
         self.path, self.names = path, names
         self.index = [names.index(c) for c in (USER, ITEM, RATING, TIME)]
         self.read_options = pacsv.ReadOptions(column_names=names, use_threads=True)
         self.convert_options = pacsv.ConvertOptions(
             include_columns=[USER, ITEM, RATING, TIME],
-            column_types={f.name: f.type for f in INTER_SCHEMA})
+            column_types={f.name: f.type for f in INTER_SCHEMA},
+        )
 
     def fast(self, block: bytes, n_lines: int) -> Optional[Rows]:
         try:
-            table = pacsv.read_csv(pa.BufferReader(block), read_options=self.read_options,
-                                   convert_options=self.convert_options)
+            table = pacsv.read_csv(
+                pa.BufferReader(block),
+                read_options=self.read_options,
+                convert_options=self.convert_options,
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return None
         return _checked(table, n_lines)
@@ -371,8 +401,12 @@ class _CsvFormat:
                 problems(self.path, line_no, "bad CSV", str(err))
                 continue
             if len(fields) != len(self.names):
-                problems(self.path, line_no, "wrong number of fields",
-                         f"{len(fields)} instead of {len(self.names)}")
+                problems(
+                    self.path,
+                    line_no,
+                    "wrong number of fields",
+                    f"{len(fields)} instead of {len(self.names)}",
+                )
                 continue
             reason, value = _check_row(*(fields[i] for i in self.index))
             if reason:
@@ -388,16 +422,18 @@ class _CsvFormat:
 class _JsonFormat:
     def __init__(self, path: Path, schema=INTER_SCHEMA):
         self.path = path
-        self.parse_options = pajson.ParseOptions(explicit_schema=schema,
-                                                 unexpected_field_behavior="ignore")
+        self.parse_options = pajson.ParseOptions(
+            explicit_schema=schema, unexpected_field_behavior="ignore"
+        )
 
     def table(self, block: bytes) -> Optional[pa.Table]:
         # A line longer than block_size is an error; the block is then halved down to the
         # line-by-line parser, which takes any length.
         read_options = pajson.ReadOptions(use_threads=True, block_size=4 << 20)
         try:
-            return pajson.read_json(pa.BufferReader(block), read_options=read_options,
-                                    parse_options=self.parse_options)
+            return pajson.read_json(
+                pa.BufferReader(block), read_options=read_options, parse_options=self.parse_options
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return None
 
@@ -423,8 +459,7 @@ class _JsonFormat:
     def slow(self, block: bytes, first_line: int, problems: Problems) -> Rows:
         users, items, ratings, stamps = [], [], [], []
         for line_no, obj in self.objects(block, first_line, problems):
-            reason, value = _check_row(obj.get(USER), obj.get(ITEM), obj.get(RATING),
-                                       obj.get(TIME))
+            reason, value = _check_row(obj.get(USER), obj.get(ITEM), obj.get(RATING), obj.get(TIME))
             if reason:
                 problems(self.path, line_no, reason, value)
                 continue
@@ -446,34 +481,38 @@ def _parse(fmt, block: bytes, first_line: int, problems: Problems) -> List[Rows]
     middle = block.find(b"\n", len(block) // 2)
     if middle < 0 or middle == len(block) - 1:
         middle = block.rfind(b"\n", 0, len(block) - 1)
-    head, tail = block[:middle + 1], block[middle + 1:]
-    return (_parse(fmt, head, first_line, problems)
-            + _parse(fmt, tail, first_line + head.count(b"\n"), problems))
+    head, tail = block[: middle + 1], block[middle + 1 :]
+    return _parse(fmt, head, first_line, problems) + _parse(
+        fmt, tail, first_line + head.count(b"\n"), problems
+    )
 
 
-def read_interactions(path: Path, kind: str, problems: Problems, block_bytes: int,
-                      progress: bool = False) -> Iterator[Rows]:
+def read_interactions(
+    path: Path, kind: str, problems: Problems, block_bytes: int, progress: bool = False
+) -> Iterator[Rows]:
     bar = _progress(path, progress)
     try:
         fmt, first = None, True
         for line_no, block in _line_blocks(path, block_bytes, bar):
             if first and kind == "csv":
                 end = block.index(b"\n")
-                fmt = _CsvFormat(path, block[:end + 1])
-                block, line_no = block[end + 1:], line_no + 1
+                fmt = _CsvFormat(path, block[: end + 1])
+                block, line_no = block[end + 1 :], line_no + 1
             elif first:
                 fmt = _JsonFormat(path)
             first = False
             if block:
                 yield from _parse(fmt, block, line_no, problems)
         if first and kind == "csv":
-            raise ConvertError(f"{path}: empty file (expected a header {USER},{ITEM},{RATING},"
-                               f"{TIME})")
+            raise ConvertError(
+                f"{path}: empty file (expected a header {USER},{ITEM},{RATING},{TIME})"
+            )
     finally:
         bar.close()
 
 
 # --- ids --------------------------------------------------------------------------------------
+
 
 class IdCoder:
     """String ids -> dense int32 codes in order of first appearance, strings kept in Arrow.
@@ -486,7 +525,7 @@ class IdCoder:
 
     def __init__(self):
         self.known = pa.array([], pa.large_string())
-        self.blocks = []   # per block: int32 codes (local until merged)
+        self.blocks = []  # per block: int32 codes (local until merged)
         self.pending = []  # (block index, its dictionary)
         self.pending_size = 0
 
@@ -503,7 +542,8 @@ class IdCoder:
             return
         n_known = len(self.known)
         combined = pc.dictionary_encode(
-            pa.concat_arrays([self.known] + [d for _, d in self.pending]))
+            pa.concat_arrays([self.known] + [d for _, d in self.pending])
+        )
         codes = combined.indices.to_numpy(zero_copy_only=False).astype(np.int32)
         if not np.array_equal(codes[:n_known], np.arange(n_known, dtype=np.int32)):
             pending = {index for index, _ in self.pending}  # not expected: Arrow keeps order
@@ -513,7 +553,7 @@ class IdCoder:
         self.known = combined.dictionary
         offset = n_known
         for index, dictionary in self.pending:
-            self.blocks[index] = codes[offset:offset + len(dictionary)][self.blocks[index]]
+            self.blocks[index] = codes[offset : offset + len(dictionary)][self.blocks[index]]
             offset += len(dictionary)
         self.pending, self.pending_size = [], 0
 
@@ -525,6 +565,7 @@ class IdCoder:
 
 
 # --- filtering --------------------------------------------------------------------------------
+
 
 def drop_duplicates(users, items, ms, n_items) -> np.ndarray:
     """Mask keeping the first row read of each (user, item, timestamp)."""
@@ -551,8 +592,9 @@ def kcore(users, items, n_users, n_items, k, say=None) -> Tuple[np.ndarray, int]
     u, i = users, items
     rounds = 0
     while True:
-        keep = ((np.bincount(u, minlength=n_users)[u] >= k)
-                & (np.bincount(i, minlength=n_items)[i] >= k))
+        keep = (np.bincount(u, minlength=n_users)[u] >= k) & (
+            np.bincount(i, minlength=n_items)[i] >= k
+        )
         if keep.all():
             return rows, rounds
         rounds += 1
@@ -573,6 +615,7 @@ def _ranks(codes: np.ndarray, names: pa.Array, n: int):
 
 # --- metadata ---------------------------------------------------------------------------------
 
+
 def _text(value) -> str:
     if value is None:
         return ""
@@ -591,13 +634,18 @@ def _categories(value) -> str:
 
 
 def item_fields(obj: dict) -> list:
-    return [_text(obj.get("title")), _text(obj.get("main_category")),
-            _categories(obj.get("categories")), _text(obj.get("description")),
-            _text(obj.get("store"))]
+    return [
+        _text(obj.get("title")),
+        _text(obj.get("main_category")),
+        _categories(obj.get("categories")),
+        _text(obj.get("description")),
+        _text(obj.get("store")),
+    ]
 
 
-def read_meta(path: Path, wanted: pa.Array, problems: Problems, block_bytes: int,
-              progress: bool = False) -> Iterator[Tuple[int, list]]:
+def read_meta(
+    path: Path, wanted: pa.Array, problems: Problems, block_bytes: int, progress: bool = False
+) -> Iterator[Tuple[int, list]]:
     """(position in ``wanted``, item fields) for each metadata line of a wanted item."""
     fmt = _JsonFormat(path, META_SCHEMA)
     bar = _progress(path, progress)
@@ -616,15 +664,14 @@ def _meta_block(fmt, block, first_line, wanted, problems):
         if not ids.null_count and not pc.any(pc.match_substring_regex(ids, BAD_ID)).as_py():
             position = pc.index_in(ids, value_set=wanted)
             hit = pc.is_valid(position)
-            for pos, obj in zip(position.filter(hit).to_pylist(),
-                                table.filter(hit).to_pylist()):
+            for pos, obj in zip(position.filter(hit).to_pylist(), table.filter(hit).to_pylist()):
                 yield pos, item_fields(obj)
             return
     if n_lines > SMALL_BLOCK_LINES:  # halve, as for interactions
         middle = block.find(b"\n", len(block) // 2)
         if middle < 0 or middle == len(block) - 1:
             middle = block.rfind(b"\n", 0, len(block) - 1)
-        head, tail = block[:middle + 1], block[middle + 1:]
+        head, tail = block[: middle + 1], block[middle + 1 :]
         yield from _meta_block(fmt, head, first_line, wanted, problems)
         yield from _meta_block(fmt, tail, first_line + head.count(b"\n"), wanted, problems)
         return
@@ -639,8 +686,9 @@ def _meta_block(fmt, block, first_line, wanted, problems):
         else:
             ids.append((item, obj))
     if ids:
-        position = pc.index_in(pa.array([i for i, _ in ids], pa.string()),
-                               value_set=wanted).to_pylist()
+        position = pc.index_in(
+            pa.array([i for i, _ in ids], pa.string()), value_set=wanted
+        ).to_pylist()
         for pos, (_, obj) in zip(position, ids):
             if pos is not None:
                 yield pos, item_fields(obj)
@@ -648,22 +696,34 @@ def _meta_block(fmt, block, first_line, wanted, problems):
 
 # --- writing ----------------------------------------------------------------------------------
 
+
 def _write_inter(path, user_names, item_names, users, items, rating, ms, order):
     """Rows ``order`` of (``users``, ``items``: positions in the name arrays) as ``.inter``."""
-    schema = pa.schema([("u", pa.large_string()), ("i", pa.large_string()),
-                        ("r", pa.float32()), ("t", pa.float64())])
+    schema = pa.schema(
+        [
+            ("u", pa.large_string()),
+            ("i", pa.large_string()),
+            ("r", pa.float32()),
+            ("t", pa.float64()),
+        ]
+    )
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     with open(path, "wb") as f:
         f.write(INTER_HEADER.encode())
         writer = pacsv.CSVWriter(f, schema, write_options=options)
         for start in range(0, len(order), WRITE_ROWS):
-            rows = order[start:start + WRITE_ROWS]
-            writer.write_batch(pa.record_batch([
-                user_names.take(pa.array(users[rows])),
-                item_names.take(pa.array(items[rows])),
-                pa.array(rating[rows]),
-                pa.array(ms[rows] / 1000.0),
-            ], schema=schema))
+            rows = order[start : start + WRITE_ROWS]
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        user_names.take(pa.array(users[rows])),
+                        item_names.take(pa.array(items[rows])),
+                        pa.array(rating[rows]),
+                        pa.array(ms[rows] / 1000.0),
+                    ],
+                    schema=schema,
+                )
+            )
         writer.close()
 
 
@@ -674,8 +734,9 @@ def _write_item(path, item_names, meta_rows):
     with_meta = 0
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(ITEM_HEADER)
-        writer = csv.writer(f, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL,
-                            lineterminator="\n")
+        writer = csv.writer(
+            f, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
+        )
         for rank, fields in meta_rows:
             if not seen[rank]:
                 seen[rank] = True
@@ -684,7 +745,7 @@ def _write_item(path, item_names, meta_rows):
         missing = np.flatnonzero(~seen)
         empty = [""] * len(ITEM_FIELDS)
         for start in range(0, len(missing), WRITE_ROWS):
-            for item in item_names.take(pa.array(missing[start:start + WRITE_ROWS])).to_pylist():
+            for item in item_names.take(pa.array(missing[start : start + WRITE_ROWS])).to_pylist():
                 writer.writerow([item] + empty)
     return with_meta
 
@@ -701,8 +762,19 @@ def _publish(pairs):
 
 # --- the conversion ---------------------------------------------------------------------------
 
-def convert(category, raw, out, *, k=5, on_error="fail", source="auto", progress=False,
-            block_bytes=32 << 20, say=None) -> dict:
+
+def convert(
+    category,
+    raw,
+    out,
+    *,
+    k=5,
+    on_error="fail",
+    source="auto",
+    progress=False,
+    block_bytes=32 << 20,
+    say=None,
+) -> dict:
     """Convert one category; returns the summary numbers. ``say`` gets progress lines."""
     t0 = time.perf_counter()
     say = say or (lambda message: None)
@@ -743,8 +815,10 @@ def convert(category, raw, out, *, k=5, on_error="fail", source="auto", progress
     u, i, rating, ms = u[rows], i[rows], rating[rows], ms[rows]
     del rows
     if len(u) == 0:
-        raise ConvertError(f"no interaction survives the {k}-core filter ({n_valid:,} rows read "
-                           f"from {', '.join(str(p) for p in inputs.interactions)})")
+        raise ConvertError(
+            f"no interaction survives the {k}-core filter ({n_valid:,} rows read "
+            f"from {', '.join(str(p) for p in inputs.interactions)})"
+        )
 
     user_rank, user_sorted = _ranks(u, user_names, len(user_names))
     item_rank, item_sorted = _ranks(i, item_names, len(item_names))
@@ -756,8 +830,10 @@ def convert(category, raw, out, *, k=5, on_error="fail", source="auto", progress
     folder = Path(out) / name
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = [(folder / f".{name}.item.partial", folder / f"{name}.item"),
-             (folder / f".{name}.inter.partial", folder / f"{name}.inter")]
+    pairs = [
+        (folder / f".{name}.item.partial", folder / f"{name}.item"),
+        (folder / f".{name}.inter.partial", folder / f"{name}.inter"),
+    ]
     try:
         say(f"writing {folder}")
         _write_inter(pairs[1][0], user_sorted, item_sorted, u, i, rating, ms, order)
@@ -800,8 +876,11 @@ def summary(stats: dict, k: int = 5) -> str:
         f"{stats['dataset']}: {stats['rows_read']:,} rows read from "
         f"{', '.join(Path(p).name for p in stats['inputs'])}",
         f"  dropped {malformed:,} malformed"
-        + (f" ({', '.join(f'{n:,} {r}' for r, n in stats['malformed'].items())})"
-           if malformed else "")
+        + (
+            f" ({', '.join(f'{n:,} {r}' for r, n in stats['malformed'].items())})"
+            if malformed
+            else ""
+        )
         + f", {stats['duplicates']:,} duplicates (same user, item, timestamp), "
         f"{stats['kcore_dropped']:,} by the {k}-core filter ({stats['kcore_rounds']} "
         f"round{'' if stats['kcore_rounds'] == 1 else 's'})",
@@ -812,20 +891,27 @@ def summary(stats: dict, k: int = 5) -> str:
         meta_bad = sum(stats["meta_malformed"].values())
         lines.append(
             f"  metadata from {Path(stats['meta']).name} for {stats['items_with_meta']:,} of "
-            f"{stats['items']:,} items" + (f" ({meta_bad:,} malformed lines dropped: "
-                                           + ", ".join(f"{n:,} {r}" for r, n in
-                                                       stats["meta_malformed"].items()) + ")"
-                                           if meta_bad else ""))
+            f"{stats['items']:,} items"
+            + (
+                f" ({meta_bad:,} malformed lines dropped: "
+                + ", ".join(f"{n:,} {r}" for r, n in stats["meta_malformed"].items())
+                + ")"
+                if meta_bad
+                else ""
+            )
+        )
     else:
         lines.append("  no metadata file: .item has the item ids and empty text fields")
-    lines.append(f"  wrote {stats['folder']}/{stats['dataset']}.inter and .item in "
-                 f"{stats['seconds']:.1f} s")
+    lines.append(
+        f"  wrote {stats['folder']}/{stats['dataset']}.inter and .item in {stats['seconds']:.1f} s"
+    )
     return "\n".join(lines)
 
 
 def _interrupt_on_sigterm():
     """Make a plain ``kill`` go through the same clean-up as Ctrl-C (temporary files removed);
     returns the previous handler (None where signals cannot be set, off the main thread)."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -838,20 +924,40 @@ def _interrupt_on_sigterm():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recbole_hydra.data.amazon2023",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--category", required=True,
-                        help=f"{', '.join(CATEGORIES)} (or the dataset name, e.g. amazon-books)")
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--category",
+        required=True,
+        help=f"{', '.join(CATEGORIES)} (or the dataset name, e.g. amazon-books)",
+    )
     parser.add_argument("--raw", required=True, help="folder holding the downloaded files")
-    parser.add_argument("--out", default="dataset",
-                        help="RecBole's data_path; files go to OUT/<dataset>/ (default: dataset)")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="malformed lines: fail (default; exit 2 naming file:line, nothing "
-                             "written) or skip (count them and go on)")
-    parser.add_argument("--source", choices=SOURCES, default="auto",
-                        help="interaction file: auto (CSV, else JSONL, else the split files)")
+    parser.add_argument(
+        "--out",
+        default="dataset",
+        help="RecBole's data_path; files go to OUT/<dataset>/ (default: dataset)",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="malformed lines: fail (default; exit 2 naming file:line, nothing "
+        "written) or skip (count them and go on)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="interaction file: auto (CSV, else JSONL, else the split files)",
+    )
     parser.add_argument("--k", type=int, default=5, help="k-core threshold (default 5)")
-    parser.add_argument("--block-mb", type=int, default=32,
-                        help="bytes of input parsed at a time, in MiB (default 32)")
+    parser.add_argument(
+        "--block-mb",
+        type=int,
+        default=32,
+        help="bytes of input parsed at a time, in MiB (default 32)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
@@ -865,9 +971,17 @@ def main(argv=None) -> int:
     try:
         if args.k < 1 or args.block_mb < 1:
             raise ConvertError("--k and --block-mb must be >= 1")
-        stats = convert(args.category, args.raw, args.out, k=args.k, on_error=args.on_error,
-                        source=args.source, progress=not args.quiet,
-                        block_bytes=args.block_mb << 20, say=say)
+        stats = convert(
+            args.category,
+            args.raw,
+            args.out,
+            k=args.k,
+            on_error=args.on_error,
+            source=args.source,
+            progress=not args.quiet,
+            block_bytes=args.block_mb << 20,
+            say=say,
+        )
     except ConvertError as err:
         _stderr_line(f"amazon2023: error: {err}")
         return 2

@@ -35,8 +35,10 @@ def missing_dataset_hint(dataset: str, data_path: str) -> Optional[str]:
         return None
     out = folder.parent if folder.name == dataset else folder
     if dataset in FETCHED:
-        return (f"dataset {dataset!r} is not there yet (RecBole looks for {inter}): run "
-                f"python -m recbole_hydra.data.fetch {dataset} --data_path {out}")
+        return (
+            f"dataset {dataset!r} is not there yet (RecBole looks for {inter}): run "
+            f"python -m recbole_hydra.data.fetch {dataset} --data_path {out}"
+        )
     category = AMAZON2023_DATASETS.get(dataset)
     if category is None:
         return None

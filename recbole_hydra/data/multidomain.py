@@ -164,10 +164,14 @@ class MultiDomainSequentialDataset(SequentialDataset):
         self.max_merged_len = int(config["MAX_MERGED_LIST_LENGTH"])
         train_mode = config["train_mode"]
         if train_mode != "generative":
-            raise MultiDomainError(f"multi-domain data supports train_mode: generative only, got {train_mode!r}")
+            raise MultiDomainError(
+                f"multi-domain data supports train_mode: generative only, got {train_mode!r}"
+            )
         split = (config["eval_args"] or {}).get("split") or {}
         if "LS" not in split:
-            raise MultiDomainError("multi-domain data needs the leave-one-out split (eval_args: {split: {LS: valid_and_test}})")
+            raise MultiDomainError(
+                "multi-domain data needs the leave-one-out split (eval_args: {split: {LS: valid_and_test}})"
+            )
         if int(config["MAX_ITEM_LIST_LENGTH"]) < 1 or self.max_merged_len < 1:
             raise MultiDomainError("MAX_ITEM_LIST_LENGTH and MAX_MERGED_LIST_LENGTH must be >= 1")
         self._sources = domain_sources(config)
@@ -188,7 +192,9 @@ class MultiDomainSequentialDataset(SequentialDataset):
         for key in ("uid_field", "iid_field", "time_field"):
             field = getattr(self, key)
             if not field or feat is None or field not in feat:
-                raise MultiDomainError(f"{path} has no {field!r} column ({key}): sequences need user, item and time")
+                raise MultiDomainError(
+                    f"{path} has no {field!r} column ({key}): sequences need user, item and time"
+                )
 
     def _load_data(self, token, dataset_path):
         if self._sources is None:
@@ -209,8 +215,12 @@ class MultiDomainSequentialDataset(SequentialDataset):
             self._check_columns(feat, path)
             feat[self.domain_field] = name
             frames.append(feat)
-            users.append(self._load_user_or_item_feat(name, folder, FeatureSource.USER, "uid_field"))
-            items.append(self._load_user_or_item_feat(name, folder, FeatureSource.ITEM, "iid_field"))
+            users.append(
+                self._load_user_or_item_feat(name, folder, FeatureSource.USER, "uid_field")
+            )
+            items.append(
+                self._load_user_or_item_feat(name, folder, FeatureSource.ITEM, "iid_field")
+            )
         self.inter_feat = pd.concat(frames, ignore_index=True)
         self.field2type[self.domain_field] = FeatureType.TOKEN
         self.field2source[self.domain_field] = FeatureSource.INTERACTION
@@ -235,7 +245,9 @@ class MultiDomainSequentialDataset(SequentialDataset):
             raise MultiDomainError(f"domains must be a list of names, got {wanted!r}")
         unknown = [str(d) for d in wanted if str(d) not in present]
         if unknown:
-            raise MultiDomainError(f"unknown domain(s) {', '.join(unknown)}: the {self.domain_field!r} column has {', '.join(present)}")
+            raise MultiDomainError(
+                f"unknown domain(s) {', '.join(unknown)}: the {self.domain_field!r} column has {', '.join(present)}"
+            )
         keep = self.inter_feat[self.domain_field].astype(str).isin([str(d) for d in wanted])
         self.inter_feat = self.inter_feat[keep.values].reset_index(drop=True)
 
@@ -255,27 +267,38 @@ class MultiDomainSequentialDataset(SequentialDataset):
             raise MultiDomainError(
                 f"domain(s) {emptied} have no interactions left after RecBole's filtering "
                 f"(user_inter_num_interval, item_inter_num_interval, ...); present: {names}: "
-                "relax the filters or drop them from domains: [...]")
+                "relax the filters or drop them from domains: [...]"
+            )
         order = [names.index(w) for w in wanted] if wanted else np.argsort(names)
         self.domain_ids = [int(present[i]) for i in order]
         self.domain_names = [names[i] for i in order]
         if len(self.domain_ids) < 2:
-            raise MultiDomainError(f"multi-domain data needs at least two domains, got {self.domain_names}")
+            raise MultiDomainError(
+                f"multi-domain data needs at least two domains, got {self.domain_names}"
+            )
         pairs = np.unique(np.stack([inter[self.iid_field].values, inter[field].values], 1), axis=0)
         items, n_domains = np.unique(pairs[:, 0], return_counts=True)
         if (n_domains > 1).any():
             bad = items[n_domains > 1]
             shown = ", ".join(repr(str(self.field2id_token[self.iid_field][i])) for i in bad[:3])
-            raise MultiDomainError(f"{len(bad)} item(s) belong to several domains (e.g. {shown}): every item must have one domain")
+            raise MultiDomainError(
+                f"{len(bad)} item(s) belong to several domains (e.g. {shown}): every item must have one domain"
+            )
         self.item_domain = np.zeros(self.item_num, dtype=np.int64)
         self.item_domain[pairs[:, 0]] = pairs[:, 1]
-        counts = pd.DataFrame({"u": inter[self.uid_field].values, "d": inter[field].values}).groupby(["d", "u"]).size()
+        counts = (
+            pd.DataFrame({"u": inter[self.uid_field].values, "d": inter[field].values})
+            .groupby(["d", "u"])
+            .size()
+        )
         per_domain = counts.groupby(level=0)
         for d, name in zip(self.domain_ids, self.domain_names):
             n_items = int((self.item_domain == d).sum())
             c = per_domain.get_group(d).values
             if n_items < 2:
-                raise MultiDomainError(f"domain {name!r} has {n_items} item(s): ranking needs at least two; drop it with domains: [...]")
+                raise MultiDomainError(
+                    f"domain {name!r} has {n_items} item(s): ranking needs at least two; drop it with domains: [...]"
+                )
             if not (c >= 4).any():
                 raise MultiDomainError(
                     f"domain {name!r} has no user with at least 4 interactions in it (most: {c.max()}), so "
@@ -333,15 +356,17 @@ class MultiDomainSequentialDataset(SequentialDataset):
         end = position[rows]
         start = np.maximum(group_first[end], end - self.max_item_list_len)
         context, length = gather_windows(item[order], start, end, self.max_item_list_len)
-        return Interaction({
-            self.uid_field: torch.from_numpy(uid[rows]),
-            self.iid_field: torch.from_numpy(item[rows]),
-            self.domain_field: torch.from_numpy(dom[rows]),
-            self.item_id_list_field: context,
-            self.item_list_length_field: length,
-            MERGED_PREFIX + self.item_id_list_field: merged,
-            MERGED_PREFIX + self.item_list_length_field: merged_len,
-        })
+        return Interaction(
+            {
+                self.uid_field: torch.from_numpy(uid[rows]),
+                self.iid_field: torch.from_numpy(item[rows]),
+                self.domain_field: torch.from_numpy(dom[rows]),
+                self.item_id_list_field: context,
+                self.item_list_length_field: length,
+                MERGED_PREFIX + self.item_id_list_field: merged,
+                MERGED_PREFIX + self.item_list_length_field: merged_len,
+            }
+        )
 
     def _train_rows(self, uid, item, dom, keep):
         """Generative training rows from the training interactions ``keep`` only."""
@@ -351,8 +376,9 @@ class MultiDomainSequentialDataset(SequentialDataset):
         windows = 0 if windows is None else int(windows)
         m_target, m_start, m_w = window_slices(group_starts(uid), n, self.max_merged_len, windows)
         order = np.lexsort((dom, uid))
-        d_target, d_start, d_w = window_slices(group_starts(uid[order], dom[order]), n,
-                                               self.max_item_list_len, windows)
+        d_target, d_start, d_w = window_slices(
+            group_starts(uid[order], dom[order]), n, self.max_item_list_len, windows
+        )
         d_uid, d_col = uid[order][d_target], dom[order][d_target] - 1
         # row (user, w): rows per user = the most windows any of its sequences has
         n_users = int(uid.max()) + 1 if n else 0
@@ -367,7 +393,9 @@ class MultiDomainSequentialDataset(SequentialDataset):
         merged_len = torch.zeros(n_rows, dtype=torch.long)
         target = torch.zeros(n_rows, dtype=torch.long)
         m_row = torch.from_numpy(offset[uid[m_target]] + m_w)
-        merged[m_row], merged_len[m_row] = gather_windows(item, m_start, m_target, self.max_merged_len)
+        merged[m_row], merged_len[m_row] = gather_windows(
+            item, m_start, m_target, self.max_merged_len
+        )
         target[m_row] = torch.from_numpy(item[m_target])
 
         dom_seq = torch.zeros(n_rows, n_dom, self.max_item_list_len, dtype=torch.long)
@@ -376,22 +404,27 @@ class MultiDomainSequentialDataset(SequentialDataset):
         d_row = torch.from_numpy(offset[d_uid] + d_w)
         d_col = torch.from_numpy(d_col)
         dom_seq[d_row, d_col], dom_len[d_row, d_col] = gather_windows(
-            item[order], d_start, d_target, self.max_item_list_len)
+            item[order], d_start, d_target, self.max_item_list_len
+        )
         dom_target[d_row, d_col] = torch.from_numpy(item[order][d_target])
-        return Interaction({
-            self.uid_field: torch.from_numpy(row_user),
-            self.iid_field: target,
-            MERGED_PREFIX + self.item_id_list_field: merged,
-            MERGED_PREFIX + self.item_list_length_field: merged_len,
-            DOMAIN_PREFIX + self.item_id_list_field: dom_seq,
-            DOMAIN_PREFIX + self.item_list_length_field: dom_len,
-            DOMAIN_TARGET: dom_target,
-        })
+        return Interaction(
+            {
+                self.uid_field: torch.from_numpy(row_user),
+                self.iid_field: target,
+                MERGED_PREFIX + self.item_id_list_field: merged,
+                MERGED_PREFIX + self.item_list_length_field: merged_len,
+                DOMAIN_PREFIX + self.item_id_list_field: dom_seq,
+                DOMAIN_PREFIX + self.item_list_length_field: dom_len,
+                DOMAIN_TARGET: dom_target,
+            }
+        )
 
     def _set_list_fields(self):
         ilist, ilen = self.item_id_list_field, self.item_list_length_field
         inter = FeatureSource.INTERACTION
         self.set_field_property(ilist, FeatureType.TOKEN_SEQ, inter, self.max_item_list_len)
         self.set_field_property(ilen, FeatureType.TOKEN, inter, 1)
-        self.set_field_property(MERGED_PREFIX + ilist, FeatureType.TOKEN_SEQ, inter, self.max_merged_len)
+        self.set_field_property(
+            MERGED_PREFIX + ilist, FeatureType.TOKEN_SEQ, inter, self.max_merged_len
+        )
         self.set_field_property(MERGED_PREFIX + ilen, FeatureType.TOKEN, inter, 1)

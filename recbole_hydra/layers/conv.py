@@ -69,7 +69,9 @@ class _CausalConvSiLU(torch.autograd.Function):
         # dL/dx_t = sum_k w_k grad_pre_{t + (K-1) - k}: the conv transposed
         grad_x = torch.mul(grad_pre_padded[:, width - 1 :], weight[..., 0], out=scratch)
         for k in range(1, width):
-            grad_x.addcmul_(grad_pre_padded[:, width - 1 - k : width - 1 - k + length], weight[..., k])
+            grad_x.addcmul_(
+                grad_pre_padded[:, width - 1 - k : width - 1 - k + length], weight[..., k]
+            )
         grad_bias = grad_pre_padded.view(-1, *channels).sum(0)  # (the padding adds zeros)
         return grad_x, grad_weight, grad_bias
 
@@ -85,7 +87,9 @@ class _CausalConvSiLUCpu(torch.autograd.Function):
         x4 = x if x.dim() == 4 else x.reshape(*lead, 1, -1)  # (b, l, groups, channels)
         if x4.stride(-1) != 1:
             x4 = x4.contiguous()
-        weight_kc = weight.reshape(*x4.shape[2:], -1).transpose(-1, -2).contiguous()  # (groups, K, channels)
+        weight_kc = (
+            weight.reshape(*x4.shape[2:], -1).transpose(-1, -2).contiguous()
+        )  # (groups, K, channels)
         bias4 = bias.reshape(x4.shape[2:]).contiguous()
         ctx.save_for_backward(x4, weight_kc, bias4)
         ctx.kernels_module, ctx.x_shape, ctx.weight_shape = kernels_module, x.shape, weight.shape
@@ -95,6 +99,12 @@ class _CausalConvSiLUCpu(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x4, weight_kc, bias4 = ctx.saved_tensors
-        grad_x, grad_w, grad_b = ctx.kernels_module.causal_conv_silu_backward(grad_out.reshape(x4.shape), x4, weight_kc, bias4)
-        return (grad_x.view(ctx.x_shape), grad_w.transpose(-1, -2).reshape(ctx.weight_shape),
-                grad_b.view(ctx.weight_shape[:-1]), None)
+        grad_x, grad_w, grad_b = ctx.kernels_module.causal_conv_silu_backward(
+            grad_out.reshape(x4.shape), x4, weight_kc, bias4
+        )
+        return (
+            grad_x.view(ctx.x_shape),
+            grad_w.transpose(-1, -2).reshape(ctx.weight_shape),
+            grad_b.view(ctx.weight_shape[:-1]),
+            None,
+        )

@@ -25,7 +25,9 @@ class SwiGLU(nn.Module):
     def forward(self, x):
         module = kernels.cpu_kernels(x)
         if module is not None and x.dtype == self.w_gate.weight.dtype:
-            return _SwiGLUCpu.apply(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, module)
+            return _SwiGLUCpu.apply(
+                x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, module
+            )
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
@@ -36,9 +38,13 @@ class _SwiGLUCpu(torch.autograd.Function):
     PyTorch ops keeps also the SiLU and the product, two more tensors of the inner size per token."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, kernels_module) -> Tensor:
+    def forward(
+        ctx, x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, kernels_module
+    ) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        gate_up = x2 @ torch.cat([w_gate, w_up]).T  # (tokens, 2 inner): both input projections at once
+        gate_up = (
+            x2 @ torch.cat([w_gate, w_up]).T
+        )  # (tokens, 2 inner): both input projections at once
         ctx.save_for_backward(x2, gate_up, w_gate, w_up, w_down)
         ctx.kernels_module, ctx.x_shape = kernels_module, x.shape
         return (kernels_module.swiglu_forward(gate_up) @ w_down.T).view(*x.shape[:-1], -1)

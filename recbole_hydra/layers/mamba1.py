@@ -69,7 +69,12 @@ class Mamba1(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias,
+            self.d_inner,
+            self.d_inner,
+            d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
             **factory,
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
@@ -84,7 +89,9 @@ class Mamba1(nn.Module):
                 nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
             else:
                 raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, device=device))
+            self.dt_proj.bias.copy_(
+                dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, device=device)
+            )
         self.dt_proj.bias._no_reinit = True
 
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
@@ -98,7 +105,9 @@ class Mamba1(nn.Module):
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_fn = kernels.usable("causal_conv1d_fn", x)
         if conv_fn is not None:
-            return conv_fn(x.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
+            return conv_fn(
+                x.transpose(1, 2), weight, self.conv1d.bias, activation="silu"
+            ).transpose(1, 2)
         return causal_conv_silu(x, weight, self.conv1d.bias)
 
     def forward(self, u: Tensor) -> Tensor:
@@ -113,14 +122,27 @@ class Mamba1(nn.Module):
         scan_fn = kernels.usable("selective_scan_fn", u)
         if scan_fn is not None:
             y = scan_fn(
-                x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2).contiguous(),
-                C.transpose(1, 2).contiguous(), _at_least_float32(self.D), z=z.transpose(1, 2),
-                delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,
+                x.transpose(1, 2),
+                dt.transpose(1, 2),
+                A,
+                B.transpose(1, 2).contiguous(),
+                C.transpose(1, 2).contiguous(),
+                _at_least_float32(self.D),
+                z=z.transpose(1, 2),
+                delta_bias=_at_least_float32(self.dt_proj.bias),
+                delta_softplus=True,
             ).transpose(1, 2)
         else:
             y = selective_scan_bld(
-                x, dt, A, B, C, D=_at_least_float32(self.D), z=z,
-                delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,
+                x,
+                dt,
+                A,
+                B,
+                C,
+                D=_at_least_float32(self.D),
+                z=z,
+                delta_bias=_at_least_float32(self.dt_proj.bias),
+                delta_softplus=True,
                 chunk_size=self.chunk_size,
             )
         return self.out_proj(y)
@@ -129,11 +151,23 @@ class Mamba1(nn.Module):
         """mamba-ssm's fast path: projections, conv and scan in one fused autograd function."""
         xz = self.in_proj(u).transpose(1, 2)  # (b, 2 d_inner, l)
         return mamba_inner_fn(
-            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-            self.out_proj.weight, self.out_proj.bias, A, None, None, _at_least_float32(self.D),
-            delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,
+            xz,
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            A,
+            None,
+            None,
+            _at_least_float32(self.D),
+            delta_bias=_at_least_float32(self.dt_proj.bias),
+            delta_softplus=True,
         )
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, chunk_size={self.chunk_size}")
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, chunk_size={self.chunk_size}"
+        )

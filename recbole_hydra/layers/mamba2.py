@@ -80,22 +80,36 @@ class _Mamba2Mixer(nn.Module):
         self.ngroups = self.n_blocks * self.ngroups_block
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1, bias=True, **factory
+            self.conv_dim,
+            self.conv_dim,
+            self.d_conv,
+            groups=self.conv_dim,
+            padding=self.d_conv - 1,
+            bias=True,
+            **factory,
         )
-        self.dt_bias = nn.Parameter(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory))
-        self.A_log = nn.Parameter(_A_log_init(self.nheads, A_init_range, device=device, dtype=dtype))
+        self.dt_bias = nn.Parameter(
+            dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory)
+        )
+        self.A_log = nn.Parameter(
+            _A_log_init(self.nheads, A_init_range, device=device, dtype=dtype)
+        )
         self.D = nn.Parameter(torch.ones(self.nheads, **factory))
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True  # as mamba-ssm
         # one norm group per B/C group of each block: never across two latent heads
-        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block,
-                                 **factory)
+        self.norm = GatedRMSNorm(
+            self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block, **factory
+        )
         # conv channel c of block i's [x, B, C] is channel _block_order[i, c] of conv1d
         gn = self.ngroups_block * self.d_state
         x_ch = torch.arange(self.d_inner).view(self.n_blocks, self.d_inner_block)
         B_ch = self.d_inner + torch.arange(self.ngroups * self.d_state).view(self.n_blocks, gn)
-        self.register_buffer("_block_order", torch.cat([x_ch, B_ch, B_ch + self.ngroups * self.d_state], dim=1),
-                             persistent=False)
+        self.register_buffer(
+            "_block_order",
+            torch.cat([x_ch, B_ch, B_ch + self.ngroups * self.d_state], dim=1),
+            persistent=False,
+        )
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -134,9 +148,15 @@ class _Mamba2Mixer(nn.Module):
         weight, bias = self._conv_params_by_block()
         conv_fn = kernels.usable("causal_conv1d_fn", xBC)
         if conv_fn is not None:
-            flat = xBC.reshape(*xBC.shape[:2], -1).transpose(1, 2)  # (b, channels, l), channels last in memory
-            out = conv_fn(flat, weight.flatten(0, 1), bias.flatten(), activation="silu").transpose(1, 2)
-            return self._split_xBC(out.contiguous().view(xBC.shape))  # channels last, as the scan kernel wants
+            flat = xBC.reshape(*xBC.shape[:2], -1).transpose(
+                1, 2
+            )  # (b, channels, l), channels last in memory
+            out = conv_fn(flat, weight.flatten(0, 1), bias.flatten(), activation="silu").transpose(
+                1, 2
+            )
+            return self._split_xBC(
+                out.contiguous().view(xBC.shape)
+            )  # channels last, as the scan kernel wants
         return self._split_xBC(causal_conv_silu(xBC, weight, bias))
 
     def _conv_state(self, parts: Sequence[Tensor], lengths: Optional[Tensor]) -> Tensor:
@@ -144,21 +164,34 @@ class _Mamba2Mixer(nn.Module):
         batch, length = parts[0].shape[:2]
         device = parts[0].device
         ends = torch.full((batch,), length, device=device) if lengths is None else lengths
-        index = ends[:, None] + torch.arange(self.d_conv, device=device)  # position end - d_conv + k ...
+        index = ends[:, None] + torch.arange(
+            self.d_conv, device=device
+        )  # position end - d_conv + k ...
         windows = []
         for part in parts:
             padded = F.pad(part.flatten(2), (0, 0, self.d_conv, 0))  # ... sits at end + k here
             windows.append(padded.gather(1, index[:, :, None].expand(-1, -1, padded.shape[-1])))
         return torch.cat(windows, dim=-1).transpose(1, 2).contiguous()
 
-    def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-              return_final_state: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def _scan(
+        self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, return_final_state: bool
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         scan_fn = kernels.usable("mamba_chunk_scan_combined", x)
         if scan_fn is not None:
-            out = scan_fn(x, dt, A.float(), B, C, chunk_size=self.chunk_size, D=self.D,
-                          return_final_states=return_final_state)
+            out = scan_fn(
+                x,
+                dt,
+                A.float(),
+                B,
+                C,
+                chunk_size=self.chunk_size,
+                D=self.D,
+                return_final_states=return_final_state,
+            )
             return out if return_final_state else (out, None)
-        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state)
+        return ssd_scan(
+            x, dt, A, B, C, self.chunk_size, D=self.D, return_final_state=return_final_state
+        )
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -173,7 +206,9 @@ class _Mamba2Mixer(nn.Module):
         Outputs at padded positions are meaningless.
         """
         if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
+            raise ValueError(
+                f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}"
+            )
         batch, length, _ = u.shape
         z, xBC_in, dt_raw = self._project_in(u)
         x, B, C = self._conv(xBC_in)
@@ -195,7 +230,9 @@ class _Mamba2Mixer(nn.Module):
             C.reshape(batch, length, self.ngroups, self.d_state),
             return_final_state=return_cache,
         )
-        y = self.norm(y.reshape(batch, length, self.d_inner), z)  # z (b, l, n_blocks, d_inner_block): no copy
+        y = self.norm(
+            y.reshape(batch, length, self.d_inner), z
+        )  # z (b, l, n_blocks, d_inner_block): no copy
         out = self._project_out(y)
         if not return_cache:
             return out
@@ -213,31 +250,57 @@ class _Mamba2Mixer(nn.Module):
         Rows of length 0 give a meaningless row.
         """
         if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}")
+            raise ValueError(
+                f"u must be (batch, length, {self.d_model}), got shape {tuple(u.shape)}"
+            )
         batch, length, _ = u.shape
         lengths = self._check_lengths(lengths, batch, length, u.device)
         if kernels.usable("mamba_chunk_scan_combined", u) is not None:
-            return self.forward(u, lengths)[torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)]
+            return self.forward(u, lengths)[
+                torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
+            ]
         # The last position needs z and C only there (C through the conv: its last d_conv inputs),
         # x, B and dt everywhere: project each set of columns on the rows that need it.
         di, gn, nh = self.d_inner_block, self.ngroups_block * self.d_state, self.nheads_block
         end = 2 * di + 2 * gn + nh  # a block's in_proj columns: [z, x, B, C, dt]
-        xB_in, dt_raw = self._in_proj(u, [(di, 2 * di + gn), (end - nh, end)]).split([di + gn, nh], dim=-1)
+        xB_in, dt_raw = self._in_proj(u, [(di, 2 * di + gn), (end - nh, end)]).split(
+            [di + gn, nh], dim=-1
+        )
         rows, last = torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
-        window = last[:, None] - (self.d_conv - 1) + torch.arange(self.d_conv, device=u.device)  # (b, d_conv)
-        u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(u.dtype)  # 0 before the start
-        z_C = self._in_proj(u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)])  # (b, d_conv, n_blocks, di + gn)
+        window = (
+            last[:, None] - (self.d_conv - 1) + torch.arange(self.d_conv, device=u.device)
+        )  # (b, d_conv)
+        u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(
+            u.dtype
+        )  # 0 before the start
+        z_C = self._in_proj(
+            u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)]
+        )  # (b, d_conv, n_blocks, di + gn)
         weight, bias = self._conv_params_by_block()
-        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn]).split([di, gn], dim=-1)
-        C_t = F.silu(bias[:, di + gn:] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn:]).sum(-1))  # (b, n_blocks, gn)
+        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn]).split(
+            [di, gn], dim=-1
+        )
+        C_t = F.silu(
+            bias[:, di + gn :] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn :]).sum(-1)
+        )  # (b, n_blocks, gn)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
-        dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(is_pad[:, :, None], 0.0)
+        dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(
+            is_pad[:, :, None], 0.0
+        )
         x = x.reshape(batch, length, self.nheads, self.headdim)
-        state = ssd_final_state(x, dt, self._A(), B.reshape(batch, length, self.ngroups, self.d_state))
+        state = ssd_final_state(
+            x, dt, self._A(), B.reshape(batch, length, self.ngroups, self.d_state)
+        )
         C_t = C_t.reshape(batch, self.ngroups, self.d_state, 1)
-        y = (state.view(batch, self.ngroups, -1, self.d_state) @ C_t).view(batch, self.nheads, self.headdim)
+        y = (state.view(batch, self.ngroups, -1, self.d_state) @ C_t).view(
+            batch, self.nheads, self.headdim
+        )
         y = y + x[rows, last] * self.D.unsqueeze(-1)
-        return self._project_out(self.norm(y.reshape(batch, self.d_inner), z_C[:, -1, :, :di].reshape(batch, self.d_inner)))
+        return self._project_out(
+            self.norm(
+                y.reshape(batch, self.d_inner), z_C[:, -1, :, :di].reshape(batch, self.d_inner)
+            )
+        )
 
     def step(self, u_t: Tensor, cache: Mamba2Cache) -> Tuple[Tensor, Mamba2Cache]:
         """One position: ``u_t (b, d_model)`` or ``(b, 1, d_model)`` and the cache before it ->
@@ -246,7 +309,9 @@ class _Mamba2Mixer(nn.Module):
         one_step_dim = u_t.dim() == 3
         if one_step_dim:
             if u_t.shape[1] != 1:
-                raise ValueError(f"step takes one position, got u_t of shape {tuple(u_t.shape)}; use forward")
+                raise ValueError(
+                    f"step takes one position, got u_t of shape {tuple(u_t.shape)}; use forward"
+                )
             u_t = u_t[:, 0]
         if u_t.dim() != 2 or u_t.shape[-1] != self.d_model:
             raise ValueError(f"u_t must be (batch, {self.d_model}), got shape {tuple(u_t.shape)}")
@@ -272,12 +337,19 @@ class _Mamba2Mixer(nn.Module):
             ssm_state = cache.ssm_state.clone()  # the kernel updates in place
             p, n = self.headdim, self.d_state
             y = state_update(
-                ssm_state, x, dt.unsqueeze(-1).expand(-1, -1, p), A.float()[:, None, None].expand(-1, p, n),
-                B, C, D=self.D.unsqueeze(-1).expand(-1, p),
+                ssm_state,
+                x,
+                dt.unsqueeze(-1).expand(-1, -1, p),
+                A.float()[:, None, None].expand(-1, p, n),
+                B,
+                C,
+                D=self.D.unsqueeze(-1).expand(-1, p),
             )
         else:
             y, ssm_state = ssd_step(cache.ssm_state, x, dt, A, B, C, D=self.D)
-        out = self._project_out(self.norm(y.reshape(batch, self.d_inner), z.reshape(batch, self.d_inner)))
+        out = self._project_out(
+            self.norm(y.reshape(batch, self.d_inner), z.reshape(batch, self.d_inner))
+        )
         return (out.unsqueeze(1) if one_step_dim else out), Mamba2Cache(conv_state, ssm_state)
 
     def init_cache(self, batch_size: int, device=None, dtype=None) -> Mamba2Cache:
@@ -286,23 +358,44 @@ class _Mamba2Mixer(nn.Module):
         dtype = self.D.dtype if dtype is None else dtype
         return Mamba2Cache(
             torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype),
+            torch.zeros(
+                batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype
+            ),
         )
 
     @staticmethod
     def _check_lengths(lengths: Tensor, batch: int, length: int, device) -> Tensor:
         lengths = torch.as_tensor(lengths, device=device)
         if lengths.shape != (batch,):
-            raise ValueError(f"lengths must have shape ({batch},), one per sequence, got {tuple(lengths.shape)}")
+            raise ValueError(
+                f"lengths must have shape ({batch},), one per sequence, got {tuple(lengths.shape)}"
+            )
         if lengths.is_floating_point() or bool(((lengths < 0) | (lengths > length)).any()):
-            raise ValueError(f"lengths must be integers in [0, {length}] (real positions of right-padded input)")
+            raise ValueError(
+                f"lengths must be integers in [0, {length}] (real positions of right-padded input)"
+            )
         return lengths.long()
 
 
-def _sizes(d_model: int, expand: int, headdim: int, ngroups: int, d_state: int, d_conv: int, chunk_size: int):
+def _sizes(
+    d_model: int,
+    expand: int,
+    headdim: int,
+    ngroups: int,
+    d_state: int,
+    d_conv: int,
+    chunk_size: int,
+):
     d_inner = expand * d_model
-    for name, value in (("d_model", d_model), ("expand", expand), ("headdim", headdim), ("ngroups", ngroups),
-                        ("d_state", d_state), ("d_conv", d_conv), ("chunk_size", chunk_size)):
+    for name, value in (
+        ("d_model", d_model),
+        ("expand", expand),
+        ("headdim", headdim),
+        ("ngroups", ngroups),
+        ("d_state", d_state),
+        ("d_conv", d_conv),
+        ("chunk_size", chunk_size),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if d_inner % headdim != 0:
@@ -343,18 +436,25 @@ class Mamba2(_Mamba2Mixer):
         dtype=None,
     ) -> None:
         super().__init__()
-        self.d_inner_block, self.nheads_block = _sizes(d_model, expand, headdim, ngroups, d_state, d_conv, chunk_size)
+        self.d_inner_block, self.nheads_block = _sizes(
+            d_model, expand, headdim, ngroups, d_state, d_conv, chunk_size
+        )
         self.n_blocks, self.ngroups_block = 1, ngroups
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.headdim, self.chunk_size = headdim, chunk_size
         self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
         factory = {"device": device, "dtype": dtype}
         # in_proj output order: [z, x, B, C, dt]
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False, **factory)
+        self.in_proj = nn.Linear(
+            d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False, **factory
+        )
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(t.unsqueeze(-2) for t in self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1))
+        return tuple(
+            t.unsqueeze(-2)
+            for t in self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        )
 
     def _in_proj(self, u: Tensor, spans: Sequence[Tuple[int, int]]) -> Tensor:
         return F.linear(u, torch.cat([self.in_proj.weight[a:b] for a, b in spans])).unsqueeze(-2)
@@ -401,7 +501,9 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         if not isinstance(n_heads, int) or n_heads <= 0:
             raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
         headdim = expand * d_head if headdim is None else headdim
-        self.d_inner_block, self.nheads_block = _sizes(d_head, expand, headdim, ngroups, d_state, d_conv, chunk_size)
+        self.d_inner_block, self.nheads_block = _sizes(
+            d_head, expand, headdim, ngroups, d_state, d_conv, chunk_size
+        )
         self.n_blocks = self.n_heads = n_heads
         self.d_head, self.ngroups_block = d_head, ngroups
         self.d_model = n_heads * d_head
@@ -410,11 +512,17 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
         factory = {"device": device, "dtype": dtype}
         self.d_in_proj_block = 2 * self.d_inner_block + 2 * ngroups * d_state + self.nheads_block
-        self.in_proj_weight = nn.Parameter(torch.empty(n_heads, d_head, self.d_in_proj_block, **factory))
-        self.out_proj_weight = nn.Parameter(torch.empty(n_heads, self.d_inner_block, d_head, **factory))
+        self.in_proj_weight = nn.Parameter(
+            torch.empty(n_heads, d_head, self.d_in_proj_block, **factory)
+        )
+        self.out_proj_weight = nn.Parameter(
+            torch.empty(n_heads, self.d_inner_block, d_head, **factory)
+        )
         # nn.Linear's default init, per head: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         nn.init.uniform_(self.in_proj_weight, -(d_head**-0.5), d_head**-0.5)
-        nn.init.uniform_(self.out_proj_weight, -(self.d_inner_block**-0.5), self.d_inner_block**-0.5)
+        nn.init.uniform_(
+            self.out_proj_weight, -(self.d_inner_block**-0.5), self.d_inner_block**-0.5
+        )
 
     @staticmethod
     def _per_head_matmul(x: Tensor, weight: Tensor) -> Tensor:
@@ -430,16 +538,24 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         # concatenating three output gradients into a (tokens, v, d_in_proj) tensor.
         d_inner, nheads, end = self.d_inner_block, self.nheads_block, self.d_in_proj_block
         xBC = self._in_proj(u, [(d_inner, end - nheads)])
-        z, dt = self._in_proj(u, [(0, d_inner), (end - nheads, end)]).split([d_inner, nheads], dim=-1)
+        z, dt = self._in_proj(u, [(0, d_inner), (end - nheads, end)]).split(
+            [d_inner, nheads], dim=-1
+        )
         return z, xBC, dt
 
     def _in_proj(self, u: Tensor, spans: Sequence[Tuple[int, int]]) -> Tensor:
         w = self.in_proj_weight
-        columns = w[..., spans[0][0]:spans[0][1]] if len(spans) == 1 else torch.cat([w[..., a:b] for a, b in spans], dim=-1)
+        columns = (
+            w[..., spans[0][0] : spans[0][1]]
+            if len(spans) == 1
+            else torch.cat([w[..., a:b] for a, b in spans], dim=-1)
+        )
         return self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), columns)
 
     def _project_out(self, y: Tensor) -> Tensor:
-        return self._per_head_matmul(y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight).flatten(-2)
+        return self._per_head_matmul(
+            y.unflatten(-1, (self.n_heads, self.d_inner_block)), self.out_proj_weight
+        ).flatten(-2)
 
     @classmethod
     def from_blocks(
@@ -458,19 +574,29 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             return b.d_model, b.d_state, b.d_conv, b.expand, b.headdim, b.ngroups_block
 
         if any(config(b) != config(first) for b in blocks):
-            raise ValueError("all blocks must share d_model, d_state, d_conv, expand, headdim and ngroups")
+            raise ValueError(
+                "all blocks must share d_model, d_state, d_conv, expand, headdim and ngroups"
+            )
         module = cls(
-            len(blocks), first.d_model, d_state=first.d_state, d_conv=first.d_conv, expand=first.expand,
-            headdim=first.headdim, ngroups=first.ngroups_block,
+            len(blocks),
+            first.d_model,
+            d_state=first.d_state,
+            d_conv=first.d_conv,
+            expand=first.expand,
+            headdim=first.headdim,
+            ngroups=first.ngroups_block,
             chunk_size=first.chunk_size if chunk_size is None else chunk_size,
-            device=first.D.device, dtype=first.D.dtype,
+            device=first.D.device,
+            dtype=first.D.dtype,
         )
         with torch.no_grad():
             module.in_proj_weight.copy_(torch.stack([b.in_proj.weight.T for b in blocks]))
             module.out_proj_weight.copy_(torch.stack([b.out_proj.weight.T for b in blocks]))
             for name in ("weight", "bias"):  # x of all heads, then B of all heads, then C
                 parts = [b._conv_parts(getattr(b.conv1d, name)) for b in blocks]
-                getattr(module.conv1d, name).copy_(torch.cat([p[i] for i in range(3) for p in parts]))
+                getattr(module.conv1d, name).copy_(
+                    torch.cat([p[i] for i in range(3) for p in parts])
+                )
             for name in ("dt_bias", "A_log", "D"):
                 getattr(module, name).copy_(torch.cat([getattr(b, name) for b in blocks]))
             module.norm.weight.copy_(torch.cat([b.norm.weight for b in blocks]))

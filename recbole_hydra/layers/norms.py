@@ -68,7 +68,6 @@ class GatedRMSNorm(nn.Module):
         return f"{self.hidden_size}, group_size={self.group_size}, eps={self.eps}"
 
 
-
 class _GatedRMSNormCpu(torch.autograd.Function):
     """``GatedRMSNorm`` by the compiled CPU kernel (``recbole_hydra/csrc/gated_rms_norm.cpp``): one
     pass per direction, and only x, z and one inverse RMS per group kept for backward, which
@@ -76,7 +75,9 @@ class _GatedRMSNormCpu(torch.autograd.Function):
     tensors of x's size (x, z, SiLU(z), the gated x, the normalised x)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float, kernels_module) -> Tensor:
+    def forward(
+        ctx, x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float, kernels_module
+    ) -> Tensor:
         groups = x.shape[-1] // group_size  # (N, groups, group_size) views where the strides allow
         x3, z3 = (t.reshape(-1, groups, group_size) for t in (x, z))
         x3, z3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (x3, z3))
@@ -89,6 +90,8 @@ class _GatedRMSNormCpu(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x3, z3, weight, inv_rms = ctx.saved_tensors
-        grad_x, grad_z, grad_weight = ctx.kernels_module.gated_rms_norm_backward(grad_out, x3, z3, weight.contiguous(), inv_rms)
+        grad_x, grad_z, grad_weight = ctx.kernels_module.gated_rms_norm_backward(
+            grad_out, x3, z3, weight.contiguous(), inv_rms
+        )
         x_shape, z_shape = ctx.shapes
         return grad_x.view(x_shape), grad_z.view(z_shape), grad_weight, None, None, None

@@ -15,7 +15,9 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim, base=10000.0):
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"RoPE needs an even head size, got {head_dim}: choose an even head_size")
+            raise ValueError(
+                f"RoPE needs an even head size, got {head_dim}: choose an even head_size"
+            )
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 

@@ -102,7 +102,9 @@ def selective_scan_bld(
     if A.is_complex():
         raise NotImplementedError("complex A (S4D-Lin) is not supported; Mamba-1 uses real A")
     if B.dim() != 3 or C.dim() != 3:
-        raise ValueError("B and C must be input-dependent, (b, l, n) here or (b, n, l) in selective_scan")
+        raise ValueError(
+            "B and C must be input-dependent, (b, l, n) here or (b, n, l) in selective_scan"
+        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dtype_in = u.dtype
@@ -114,7 +116,9 @@ def selective_scan_bld(
     if delta_softplus:
         delta = F.softplus(delta)
     x = delta * u
-    y, last = _SelectiveScan.apply(delta, A.to(compute), x, B.to(compute), C.to(compute), int(chunk_size))
+    y, last = _SelectiveScan.apply(
+        delta, A.to(compute), x, B.to(compute), C.to(compute), int(chunk_size)
+    )
     if D is not None:
         y = y + u * D.to(compute)
     if z is not None:
@@ -133,7 +137,9 @@ def _chunking(length: int, chunk_size: int) -> Tuple[int, int]:
     return chunks, math.ceil(length / chunks)
 
 
-def _linear_scan(dec: Tensor, h: Tensor, chunk_len: int, reverse: bool, h_init: Optional[Tensor]) -> Tensor:
+def _linear_scan(
+    dec: Tensor, h: Tensor, chunk_len: int, reverse: bool, h_init: Optional[Tensor]
+) -> Tensor:
     """``h_t = dec_t * h_{t-1} + inp_t`` (``reverse``: ``h_t = dec_t * h_{t+1} + inp_t``) along
     dim 1 of ``(r, L, d, n)`` tensors, ``L`` a multiple of ``chunk_len``; ``h`` holds ``inp`` on
     entry. Both inputs are overwritten (the result is one of the buffers). ``h_init (r, d, n)``:
@@ -212,8 +218,13 @@ class _SelectiveScan(torch.autograd.Function):
         y = delta.new_empty(batch, length, d)
         last = delta.new_empty(batch, d, n)
         for rows in _row_blocks(batch, padded * d * n):
-            h = _states(_pad_time(delta[rows], padded), A, _pad_time(x[rows], padded),
-                        _pad_time(B[rows], padded), chunk_len)
+            h = _states(
+                _pad_time(delta[rows], padded),
+                A,
+                _pad_time(x[rows], padded),
+                _pad_time(B[rows], padded),
+                chunk_len,
+            )
             y[rows] = torch.matmul(h[:, :length], C[rows].unsqueeze(-1)).squeeze(-1)
             last[rows] = h[:, length - 1]
         ctx.save_for_backward(delta, A, x, B, C)
@@ -246,8 +257,13 @@ class _SelectiveScan(torch.autograd.Function):
                 inp = dys.unsqueeze(-1) * Cs.unsqueeze(-2)
             else:
                 inp = torch.zeros_like(h)
-            g = _linear_scan(dec_next, inp, chunk_len, reverse=True,
-                             h_init=None if dlast is None else dlast[rows])
+            g = _linear_scan(
+                dec_next,
+                inp,
+                chunk_len,
+                reverse=True,
+                h_init=None if dlast is None else dlast[rows],
+            )
             dx[rows] = torch.matmul(g[:, :length], Bs[:, :length].unsqueeze(-1)).squeeze(-1)
             dB[rows] = torch.matmul(xs[:, :length].unsqueeze(-2), g[:, :length]).squeeze(-2)
             # dL/d(delta_t A) = g_t * exp(delta_t A) h_{t-1} = g_t * (h_t - x_t B_t)

@@ -35,7 +35,9 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
     b, h, p = x.shape[0], x.shape[-2], x.shape[-1]
     g = B.shape[-2]
     if dt.shape != x.shape[:-1]:
-        raise ValueError(f"dt must have shape {tuple(x.shape[:-1])} (x without headdim), got {tuple(dt.shape)}")
+        raise ValueError(
+            f"dt must have shape {tuple(x.shape[:-1])} (x without headdim), got {tuple(dt.shape)}"
+        )
     if A.shape != (h,):
         raise ValueError(f"A must have shape ({h},), one decay per head, got {tuple(A.shape)}")
     if B.shape != C.shape or B.shape[:-2] != x.shape[:-2]:
@@ -44,7 +46,9 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
             f"got B {tuple(B.shape)} and C {tuple(C.shape)}"
         )
     if h % g != 0:
-        raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({g}): change ngroups to a divisor of nheads")
+        raise ValueError(
+            f"nheads ({h}) must be a multiple of ngroups ({g}): change ngroups to a divisor of nheads"
+        )
     if D is not None and D.shape not in ((h,), (h, p)):
         raise ValueError(f"D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
     if b == 0:
@@ -104,8 +108,11 @@ def _diagonal_blocks(a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor) -> Tenso
     if module is not None and a_cum.dtype == B.dtype == C.dtype == x_dt.dtype:
         shape, (q, n) = x_dt.shape, B.shape[-2:]  # x_dt (b,c,g,r,q,p) -> (b*c*g, r, q, p), ...
         return module.ssd_diagonal_forward(
-            a_cum.reshape(-1, shape[3], q).contiguous(), B.reshape(-1, q, n).contiguous(),
-            C.reshape(-1, q, n).contiguous(), x_dt.reshape(-1, *shape[3:]).contiguous()).view(shape)
+            a_cum.reshape(-1, shape[3], q).contiguous(),
+            B.reshape(-1, q, n).contiguous(),
+            C.reshape(-1, q, n).contiguous(),
+            x_dt.reshape(-1, *shape[3:]).contiguous(),
+        ).view(shape)
     return _DiagonalBlocks.apply(a_cum, B, C, x_dt)
 
 
@@ -178,7 +185,9 @@ def ssd_scan(
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     if length == 0:
-        state = x.new_zeros(batch, nheads, headdim, d_state) if initial_state is None else initial_state
+        state = (
+            x.new_zeros(batch, nheads, headdim, d_state) if initial_state is None else initial_state
+        )
         return x.clone(), (state.to(x.dtype) if return_final_state else None)
     per_group = nheads // ngroups
     # The decay exponents are summed over up to a chunk of steps: keep them at least float32.
@@ -194,10 +203,14 @@ def ssd_scan(
 
     # Chunked views; heads split as (group, head within group) so B and C are never repeated.
     shape = (batch, n_chunks, q, ngroups, per_group)
-    a = (dt.to(acc_dtype) * A.to(acc_dtype)).reshape(shape).permute(0, 1, 3, 4, 2)  # (b,c,g,r,q): log A_t
+    a = (
+        (dt.to(acc_dtype) * A.to(acc_dtype)).reshape(shape).permute(0, 1, 3, 4, 2)
+    )  # (b,c,g,r,q): log A_t
     a_cum = a.cumsum(dim=-1)  # log decay from the chunk start to position i, inclusive
     enters_state = n_chunks > 1 or initial_state is not None
-    x_dt = (x * dt.unsqueeze(-1)).reshape(*shape, headdim).permute(0, 1, 3, 4, 2, 5).contiguous()  # (b,c,g,r,q,p)
+    x_dt = (
+        (x * dt.unsqueeze(-1)).reshape(*shape, headdim).permute(0, 1, 3, 4, 2, 5).contiguous()
+    )  # (b,c,g,r,q,p)
     B = B.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()  # (b,c,g,q,n)
     C = C.view(batch, n_chunks, q, ngroups, d_state).transpose(2, 3).contiguous()
 
@@ -223,7 +236,9 @@ def ssd_scan(
     #    (zero when the only chunk starts from a zero state).
     if enters_state:
         entering = entering.view(batch, n_chunks, ngroups, per_group * headdim, d_state)
-        y_from_state = (C @ entering.transpose(-1, -2)).view(batch, n_chunks, ngroups, q, per_group, headdim)
+        y_from_state = (C @ entering.transpose(-1, -2)).view(
+            batch, n_chunks, ngroups, q, per_group, headdim
+        )
         y = y + y_from_state.transpose(3, 4) * torch.exp(a_cum).to(x.dtype).unsqueeze(-1)
 
     return _finish(y, x, D, length), (final_state if return_final_state else None)
@@ -254,9 +269,13 @@ def ssd_final_state(
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
-    a_after = F.pad((dt.to(acc_dtype) * A.to(acc_dtype))[:, 1:], (0, 0, 0, 1))  # a_{s+1}, 0 at the end
+    a_after = F.pad(
+        (dt.to(acc_dtype) * A.to(acc_dtype))[:, 1:], (0, 0, 0, 1)
+    )  # a_{s+1}, 0 at the end
     decay_to_end = a_after.flip(1).cumsum(1).flip(1).exp().to(x.dtype)  # (b, l, h)
-    x_w = (x * (dt.to(x.dtype) * decay_to_end).unsqueeze(-1)).view(batch, length, ngroups, -1)  # (b,l,g,r*p)
+    x_w = (x * (dt.to(x.dtype) * decay_to_end).unsqueeze(-1)).view(
+        batch, length, ngroups, -1
+    )  # (b,l,g,r*p)
     state = (x_w.permute(0, 2, 3, 1) @ B.transpose(1, 2)).view(batch, nheads, headdim, d_state)
     if initial_state is not None:
         total = (dt.to(acc_dtype) * A.to(acc_dtype)).sum(1).exp().to(x.dtype)  # (b, h)
@@ -279,7 +298,9 @@ def ssd_step(
     batch, nheads, headdim = x_t.shape
     ngroups, d_state = B_t.shape[-2:]
     if state.shape != (batch, nheads, headdim, d_state):
-        raise ValueError(f"state must have shape {(batch, nheads, headdim, d_state)}, got {tuple(state.shape)}")
+        raise ValueError(
+            f"state must have shape {(batch, nheads, headdim, d_state)}, got {tuple(state.shape)}"
+        )
     acc_dtype = torch.promote_types(x_t.dtype, torch.float32)
     decay = torch.exp(dt_t.to(acc_dtype) * A.to(acc_dtype)).to(x_t.dtype)
     # S_t = exp(dt A) S_{t-1} + dt x_t B_t^T, heads of one group sharing B_t (no repeat).

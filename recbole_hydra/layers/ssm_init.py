@@ -8,8 +8,9 @@ from torch import Tensor
 __all__ = ["dt_bias_init"]
 
 
-def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float, device=None,
-                 dtype=None) -> Tensor:
+def dt_bias_init(
+    size: int, dt_min: float, dt_max: float, dt_init_floor: float, device=None, dtype=None
+) -> Tensor:
     """``softplus^-1(dt)`` for ``size`` step sizes dt drawn log-uniform in ``[dt_min, dt_max]`` and
     floored at ``dt_init_floor``: the bias that makes the blocks start with such step sizes."""
     if not 0 < dt_min <= dt_max:

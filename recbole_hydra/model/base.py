@@ -26,6 +26,7 @@ from recbole_hydra.layers.losses import (
     sampled_softmax_loss,
     similarity_scores,
 )
+
 LOSS_TYPES = ("InfoNCE", "CE")
 
 
@@ -72,14 +73,19 @@ class GenerativeSequentialRecommender(SequentialRecommender):
             query = self.gather_indexes(seq_output, item_seq_len - 1)
             target = interaction[self.POS_ITEM_ID]
         if self.loss_type == "CE":
-            return full_softmax_loss(query, self._item_table(), target, self.temperature, self.similarity)
+            return full_softmax_loss(
+                query, self._item_table(), target, self.temperature, self.similarity
+            )
         negatives = sample_negatives(self.n_items, self.num_negatives, query.device)
         neg_mask = target.unsqueeze(1) == negatives.unsqueeze(0)  # the positive is never a negative
         if self.exclude_history_negatives:
             neg_mask |= history_membership(negatives, item_seq)[row]
         pos_emb, neg_emb = self._item_vectors(torch.cat([target, negatives])).split(
-            [len(target), len(negatives)])
-        return sampled_softmax_loss(query, pos_emb, neg_emb, self.temperature, self.similarity, neg_mask)
+            [len(target), len(negatives)]
+        )
+        return sampled_softmax_loss(
+            query, pos_emb, neg_emb, self.temperature, self.similarity, neg_mask
+        )
 
     def predict(self, interaction):
         query = self._scoring_queries(interaction)
@@ -101,7 +107,12 @@ class GenerativeSequentialRecommender(SequentialRecommender):
         rows = max(1, self.eval_tokens_per_pass // max(length, 1))
         if torch.is_grad_enabled() or batch <= rows:
             return self._last_hidden(interaction)
-        return torch.cat([self._last_hidden(interaction[start:start + rows]) for start in range(0, batch, rows)])
+        return torch.cat(
+            [
+                self._last_hidden(interaction[start : start + rows])
+                for start in range(0, batch, rows)
+            ]
+        )
 
     def _last_hidden(self, interaction):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]

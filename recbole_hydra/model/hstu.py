@@ -37,16 +37,32 @@ class HSTULayer(nn.Module):
     own learned bias per relative position ``i - j`` plus, with time, per time bucket.
     """
 
-    def __init__(self, hidden_size, n_heads, attention_dim, linear_dim, dropout_prob, max_len,
-                 num_time_buckets=None, eps=1e-6):
+    def __init__(
+        self,
+        hidden_size,
+        n_heads,
+        attention_dim,
+        linear_dim,
+        dropout_prob,
+        max_len,
+        num_time_buckets=None,
+        eps=1e-6,
+    ):
         super().__init__()
-        self.n_heads, self.attention_dim, self.linear_dim, self.eps = n_heads, attention_dim, linear_dim, eps
+        self.n_heads, self.attention_dim, self.linear_dim, self.eps = (
+            n_heads,
+            attention_dim,
+            linear_dim,
+            eps,
+        )
         self.uvqk = nn.Linear(hidden_size, 2 * n_heads * (linear_dim + attention_dim), bias=False)
         self.o = nn.Linear(n_heads * linear_dim, hidden_size)
         self.dropout = nn.Dropout(dropout_prob)
         # only the causal half (i - j >= 0) of the reference's 2 * max_len - 1 position weights
         self.position_bias = nn.Parameter(torch.empty(max_len))
-        self.time_bias = nn.Parameter(torch.empty(num_time_buckets + 1)) if num_time_buckets else None
+        self.time_bias = (
+            nn.Parameter(torch.empty(num_time_buckets + 1)) if num_time_buckets else None
+        )
         nn.init.normal_(self.uvqk.weight, std=0.02)
         nn.init.xavier_uniform_(self.o.weight)
         nn.init.normal_(self.position_bias, std=0.02)
@@ -59,8 +75,14 @@ class HSTULayer(nn.Module):
         batch, length, hidden = x.shape
         heads = self.n_heads
         u, v, q, k = F.silu(self.uvqk(F.layer_norm(x, (hidden,), eps=self.eps))).split(
-            [heads * self.linear_dim, heads * self.linear_dim, heads * self.attention_dim,
-             heads * self.attention_dim], dim=-1)
+            [
+                heads * self.linear_dim,
+                heads * self.linear_dim,
+                heads * self.attention_dim,
+                heads * self.attention_dim,
+            ],
+            dim=-1,
+        )
         q = q.view(batch, length, heads, self.attention_dim).transpose(1, 2)  # (B, H, L, dqk)
         k = k.view(batch, length, heads, self.attention_dim).transpose(1, 2)
         v = v.view(batch, length, heads, self.linear_dim).transpose(1, 2)  # (B, H, L, dv)
@@ -116,8 +138,9 @@ class HSTU(GenerativeSequentialRecommender):
         self.num_time_buckets = config["num_time_buckets"]
         self.time_bucket_divisor = float(config["time_bucket_divisor"])
         time_field = getattr(dataset, "time_field", None)
-        self.use_time = bool(config["time_bias"] and time_field is not None
-                             and time_field in dataset.field2type)
+        self.use_time = bool(
+            config["time_bias"] and time_field is not None and time_field in dataset.field2type
+        )
         self.TIME_FIELD = time_field
         self.TIME_SEQ = f"{time_field}{config['LIST_SUFFIX']}" if time_field else None
 
@@ -149,7 +172,8 @@ class HSTU(GenerativeSequentialRecommender):
         inputs = {"timestamps": times}
         if self.time_query == "next":
             inputs["query_timestamps"] = self._next_items(
-                times, interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_FIELD].to(times.dtype))
+                times, interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_FIELD].to(times.dtype)
+            )
         return inputs
 
     def forward(self, item_seq, item_seq_len, timestamps=None, query_timestamps=None):
@@ -158,7 +182,9 @@ class HSTU(GenerativeSequentialRecommender):
         predicts."""
         length = item_seq.size(1)
         if length > self.max_seq_length:
-            raise ValueError(f"sequence length {length} exceeds MAX_ITEM_LIST_LENGTH {self.max_seq_length}")
+            raise ValueError(
+                f"sequence length {length} exceeds MAX_ITEM_LIST_LENGTH {self.max_seq_length}"
+            )
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)
         x = self.emb_dropout(x + self.position_embedding.weight[:length])
         x = x * (item_seq != 0).unsqueeze(-1)
@@ -174,7 +200,9 @@ class HSTU(GenerativeSequentialRecommender):
                 if query_timestamps is None:
                     raise ValueError("time_query: next needs query_timestamps (B, L)")
                 queries = query_timestamps
-            buckets = time_buckets(queries, timestamps, self.num_time_buckets, self.time_bucket_divisor)
+            buckets = time_buckets(
+                queries, timestamps, self.num_time_buckets, self.time_bucket_divisor
+            )
         for layer in self.layers:
             x = layer(x, causal, distance, buckets, self.max_seq_length)
         return x

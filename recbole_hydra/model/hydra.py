@@ -10,7 +10,6 @@ from recbole_hydra.layers.item_llm import ItemLLMEncoder
 from recbole_hydra.layers.norms import RMSNorm
 from recbole_hydra.model.base import GenerativeSequentialRecommender
 
-
 ITEM_MODELS = ("embedding", "llm")
 
 

@@ -26,7 +26,9 @@ from recbole_hydra.layers.losses import (
 from recbole_hydra.model.hydra import Hydra
 
 
-def sample_domain_negatives(domain_items, domain_offsets, domains, num_negatives, device, generator=None):
+def sample_domain_negatives(
+    domain_items, domain_offsets, domains, num_negatives, device, generator=None
+):
     """``num_negatives`` items drawn uniformly with replacement from each domain of ``domains``
     -> (len(domains), num_negatives). ``domain_items`` holds the items sorted by domain and
     ``domain_offsets[d]:domain_offsets[d + 1]`` is domain d's slice (every domain non-empty)."""
@@ -73,10 +75,14 @@ class HydraMD(Hydra):
 
     def __init__(self, config, dataset):
         if not isinstance(dataset, MultiDomainSequentialDataset):
-            raise MultiDomainError("HydraMD needs a MultiDomainSequentialDataset (recbole_hydra.registry.create_dataset builds it)")
+            raise MultiDomainError(
+                "HydraMD needs a MultiDomainSequentialDataset (recbole_hydra.registry.create_dataset builds it)"
+            )
         super().__init__(config, dataset)
         if self.train_mode != "generative":
-            raise MultiDomainError(f"HydraMD supports train_mode: generative only, got {self.train_mode!r}")
+            raise MultiDomainError(
+                f"HydraMD supports train_mode: generative only, got {self.train_mode!r}"
+            )
         self.DOMAIN = dataset.domain_field
         self.MERGED_SEQ = MERGED_PREFIX + self.ITEM_SEQ
         self.MERGED_SEQ_LEN = MERGED_PREFIX + self.ITEM_SEQ_LEN
@@ -104,20 +110,27 @@ class HydraMD(Hydra):
         return h_domain + h_merged
 
     def full_sort_predict(self, interaction):
-        scores = similarity_scores(self._query(interaction), self._item_table(), self.similarity) / self.temperature
+        scores = (
+            similarity_scores(self._query(interaction), self._item_table(), self.similarity)
+            / self.temperature
+        )
         other = self.item_domain.unsqueeze(0) != interaction[self.DOMAIN].unsqueeze(1)
         return scores.masked_fill(other, float("-inf"))
 
     def predict(self, interaction):
         query = scoring_space(self._query(interaction), self.similarity)
         items = interaction[self.ITEM_ID]
-        scores = (query * scoring_space(self._item_vectors(items), self.similarity)).sum(-1) / self.temperature
+        scores = (query * scoring_space(self._item_vectors(items), self.similarity)).sum(
+            -1
+        ) / self.temperature
         other = self.item_domain[items] != interaction[self.DOMAIN]
         return scores.masked_fill(other, float("-inf"))
 
     # -- training (eq 16, 17) ------------------------------------------------------------------------
     def calculate_loss(self, interaction):
-        step = self.item_encoder.step() if self.item_encoder is not None else contextlib.nullcontext()
+        step = (
+            self.item_encoder.step() if self.item_encoder is not None else contextlib.nullcontext()
+        )
         with step:
             return self._multi_domain_loss(interaction)
 
@@ -133,11 +146,17 @@ class HydraMD(Hydra):
         return seq_output[row, col], targets[row, col], item_seq, row
 
     def _multi_domain_loss(self, interaction):
-        cross = self._positions(interaction[self.MERGED_SEQ], interaction[self.MERGED_SEQ_LEN],
-                                interaction[self.ITEM_ID])
+        cross = self._positions(
+            interaction[self.MERGED_SEQ],
+            interaction[self.MERGED_SEQ_LEN],
+            interaction[self.ITEM_ID],
+        )
         d_seq = interaction[self.DOMAIN_SEQ]
-        single = self._positions(d_seq.flatten(0, 1), interaction[self.DOMAIN_SEQ_LEN].flatten(),
-                                 interaction[self.DOMAIN_TARGET].flatten())
+        single = self._positions(
+            d_seq.flatten(0, 1),
+            interaction[self.DOMAIN_SEQ_LEN].flatten(),
+            interaction[self.DOMAIN_TARGET].flatten(),
+        )
         parts = [p for p in (cross, single) if p is not None]
         if not parts:  # a batch of empty windows: nothing to predict
             return self.item_domain.new_zeros((), dtype=torch.float).requires_grad_()
@@ -146,16 +165,19 @@ class HydraMD(Hydra):
             return sum(self._domain_ce(query, target, table) for query, target, _, _ in parts)
         targets = torch.cat([p[1] for p in parts])
         domains = torch.unique(self.item_domain[targets])
-        negatives = sample_domain_negatives(self.domain_items, self.domain_offsets, domains,
-                                            self.num_negatives, targets.device)
+        negatives = sample_domain_negatives(
+            self.domain_items, self.domain_offsets, domains, self.num_negatives, targets.device
+        )
         vectors = self._item_vectors(torch.cat([targets, negatives.flatten()]))  # each item once
         pos_all, neg_all = vectors.split([len(targets), negatives.numel()])
         neg_all = neg_all.view(len(domains), self.num_negatives, -1)
         loss, at = 0.0, 0
         for query, target, history, row in parts:
-            pos = pos_all[at:at + len(target)]
+            pos = pos_all[at : at + len(target)]
             at += len(target)
-            loss = loss + self._domain_infonce(query, target, pos, domains, negatives, neg_all, history, row)
+            loss = loss + self._domain_infonce(
+                query, target, pos, domains, negatives, neg_all, history, row
+            )
         return loss
 
     def _domain_infonce(self, query, target, pos, domains, negatives, neg_emb, history, row):
@@ -170,8 +192,9 @@ class HydraMD(Hydra):
             mask = target[rows].unsqueeze(1) == neg.unsqueeze(0)
             if self.exclude_history_negatives:
                 mask |= history_membership(neg, history)[row[rows]]
-            loss = sampled_softmax_loss(query[rows], pos[rows], neg_emb[k], self.temperature,
-                                        self.similarity, mask)
+            loss = sampled_softmax_loss(
+                query[rows], pos[rows], neg_emb[k], self.temperature, self.similarity, mask
+            )
             total = total + loss * len(rows)
         return total / len(target)
 

@@ -31,15 +31,27 @@ class Mamba4RecLayer(nn.Module):
     The reference drops the residual around the Mamba block when the model has a single layer.
     """
 
-    def __init__(self, hidden_size, d_state, d_conv, expand, dropout_prob, inner_size, residual,
-                 chunk_size=DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        hidden_size,
+        d_state,
+        d_conv,
+        expand,
+        dropout_prob,
+        inner_size,
+        residual,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+    ):
         super().__init__()
         self.residual = residual
-        self.mamba = Mamba1(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand,
-                            chunk_size=chunk_size)
+        self.mamba = Mamba1(
+            hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size
+        )
         self.dropout = nn.Dropout(dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
-        self.ffn = ReferenceFeedForward(hidden_size, inner_size, dropout_prob, "gelu", LAYER_NORM_EPS)
+        self.ffn = ReferenceFeedForward(
+            hidden_size, inner_size, dropout_prob, "gelu", LAYER_NORM_EPS
+        )
 
     def forward(self, h):
         out = self.dropout(self.mamba(h))

@@ -16,15 +16,26 @@ class CausalSelfAttentionBlock(nn.Module):
     ``LN(h + Drop(W2 act(W1 h)))``; the attention is causal and runs through PyTorch's fused
     ``scaled_dot_product_attention`` (flash attention on CPU and CUDA)."""
 
-    def __init__(self, hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob,
-                 hidden_act, layer_norm_eps):
+    def __init__(
+        self,
+        hidden_size,
+        n_heads,
+        inner_size,
+        hidden_dropout_prob,
+        attn_dropout_prob,
+        hidden_act,
+        layer_norm_eps,
+    ):
         super().__init__()
         self.n_heads, self.attn_dropout_prob = n_heads, attn_dropout_prob
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.attn_out = nn.Linear(hidden_size, hidden_size)
         self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(hidden_size, inner_size), _ACTIVATIONS[hidden_act](),
-                                 nn.Linear(inner_size, hidden_size))
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, inner_size),
+            _ACTIVATIONS[hidden_act](),
+            nn.Linear(inner_size, hidden_size),
+        )
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
 
@@ -32,7 +43,8 @@ class CausalSelfAttentionBlock(nn.Module):
         b, l, d = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         attn = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout_prob if self.training else 0.0)
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout_prob if self.training else 0.0
+        )
         h = self.attn_norm(x + self.dropout(self.attn_out(attn.transpose(1, 2).reshape(b, l, d))))
         return self.ffn_norm(h + self.dropout(self.ffn(h)))
 
@@ -60,8 +72,15 @@ class SASRecGen(GenerativeSequentialRecommender):
         self.emb_norm = nn.LayerNorm(hidden_size, eps=config["layer_norm_eps"])
         self.emb_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.layers = nn.ModuleList(
-            CausalSelfAttentionBlock(hidden_size, n_heads, config["inner_size"], config["hidden_dropout_prob"],
-                                     config["attn_dropout_prob"], hidden_act, config["layer_norm_eps"])
+            CausalSelfAttentionBlock(
+                hidden_size,
+                n_heads,
+                config["inner_size"],
+                config["hidden_dropout_prob"],
+                config["attn_dropout_prob"],
+                hidden_act,
+                config["layer_norm_eps"],
+            )
             for _ in range(config["n_layers"])
         )
         self.apply(self._init_weights)
@@ -76,7 +95,9 @@ class SASRecGen(GenerativeSequentialRecommender):
     def forward(self, item_seq, item_seq_len):
         length = item_seq.size(1)
         if length > self.max_seq_length:
-            raise ValueError(f"sequence length {length} exceeds MAX_ITEM_LIST_LENGTH {self.max_seq_length}")
+            raise ValueError(
+                f"sequence length {length} exceeds MAX_ITEM_LIST_LENGTH {self.max_seq_length}"
+            )
         h = self.item_embedding(item_seq) + self.position_embedding.weight[:length]
         h = self.emb_dropout(self.emb_norm(h))
         for layer in self.layers:

@@ -29,7 +29,15 @@ class GenerativeTrainer(Trainer):
     """``lr_scheduler: cosine`` (default) warms up over ``warmup_ratio`` of all steps
     (``epochs * batches per epoch``) and then decays by a cosine; ``constant`` is RecBole's."""
 
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+    def fit(
+        self,
+        train_data,
+        valid_data=None,
+        verbose=True,
+        saved=True,
+        show_progress=False,
+        callback_fn=None,
+    ):
         schedule = self.config["lr_scheduler"]
         if schedule not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {schedule!r}")

@@ -56,7 +56,9 @@ def record_history(trainer, time_budget_s=None, epoch_callback=None, distributed
     def timed_train_epoch(train_data, *args, **kwargs):
         if not start:
             start.append(time.perf_counter())
-        if time_budget_s is not None and (over or (history and budget_spent())):  # the first always starts
+        if time_budget_s is not None and (
+            over or (history and budget_spent())
+        ):  # the first always starts
             over.append(True)
             return 0.0
         stopped = []
@@ -71,15 +73,18 @@ def record_history(trainer, time_budget_s=None, epoch_callback=None, distributed
         return loss
 
     def noted_valid_epoch(*args, **kwargs):
-        cut_epoch_unvalidated = bool(history) and "batches" in history[-1] and "valid_score" not in history[-1]
+        cut_epoch_unvalidated = (
+            bool(history) and "batches" in history[-1] and "valid_score" not in history[-1]
+        )
         if over and not cut_epoch_unvalidated:
             trainer.stopping_step = 0
             worst = -float("inf") if trainer.valid_metric_bigger else float("inf")
             return worst, history[-1].get("valid_result", {}) if history else {}
         score, result = valid_epoch(*args, **kwargs)
         if history:
-            history[-1].update(valid_score=score, valid_result=dict(result),
-                               wall_s=time.perf_counter() - start[0])
+            history[-1].update(
+                valid_score=score, valid_result=dict(result), wall_s=time.perf_counter() - start[0]
+            )
             if epoch_callback is not None:
                 epoch_callback(len(history), history[-1], trainer)
         return score, result

@@ -26,7 +26,11 @@ def domain_metrics(evaluate, struct, row_domains, domain_ids, domain_names, deci
             continue
         sub = DataStruct()
         for key, value in struct._data_dict.items():
-            per_row = key in ROW_KEYS and isinstance(value, torch.Tensor) and len(value) == len(row_domains)
+            per_row = (
+                key in ROW_KEYS
+                and isinstance(value, torch.Tensor)
+                and len(value) == len(row_domains)
+            )
             sub.set(key, value[mask] if per_row else value)
         per_domain[name] = evaluate(sub)
     result = OrderedDict()
@@ -53,7 +57,11 @@ def domain_table(result, names=None):
     lines = ["| domain | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name in names:
         if f"{metrics[0]} [{name}]" in result:
-            lines.append(f"| {name} | " + " | ".join(f"{result[f'{m} [{name}]']:.4f}" for m in metrics) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{result[f'{m} [{name}]']:.4f}" for m in metrics)
+                + " |"
+            )
     lines.append("| mean | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)
 
@@ -77,9 +85,19 @@ class MultiDomainTrainer(GenerativeTrainer):
         evaluator, original = self.evaluator, self.evaluator.evaluate
 
         def per_domain(struct):
-            rows = torch.cat(self._row_domains) if self._row_domains else torch.zeros(0, dtype=torch.long)
-            return domain_metrics(original, struct, rows, self.model.domain_ids, self.model.domain_names,
-                                  self.config["metric_decimal_place"] or 4)
+            rows = (
+                torch.cat(self._row_domains)
+                if self._row_domains
+                else torch.zeros(0, dtype=torch.long)
+            )
+            return domain_metrics(
+                original,
+                struct,
+                rows,
+                self.model.domain_ids,
+                self.model.domain_names,
+                self.config["metric_decimal_place"] or 4,
+            )
 
         evaluator.evaluate = per_domain
         try:
@@ -87,6 +105,7 @@ class MultiDomainTrainer(GenerativeTrainer):
         finally:
             del evaluator.evaluate  # back to the class's method
         if result:
-            logging.getLogger().info("per-domain results:\n" + domain_table(result, self.model.domain_names))
+            logging.getLogger().info(
+                "per-domain results:\n" + domain_table(result, self.model.domain_names)
+            )
         return result
-
