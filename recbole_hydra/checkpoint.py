@@ -109,12 +109,12 @@ def load_model(model_file, device="cpu", model_class=None):
 # -- the item-LLM export ---------------------------------------------------------------------
 @torch.no_grad()
 def export_item_table(model, path=None):
-    """The (n_items, d) item table a model scores against (its eval-mode ``_item_table()``), on
+    """The (n_items, d) item table a model scores against (its eval-mode ``item_table()``), on
     the CPU; written with ``torch.save`` when ``path`` is given."""
     was_training = model.training
     model.eval()
     try:
-        table = model._item_table().detach().to("cpu", torch.float32).clone()
+        table = model.item_table().detach().to("cpu", torch.float32).clone()
     finally:
         model.train(was_training)
     if path is not None:
