@@ -152,20 +152,23 @@ def main(argv=None):
     )
     lines += [
         (
-            f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) in the published "
-            f"layout, {args.rows:,} rows in random order, {shape['users']:,} possible users (28-character "
-            f"ids, activity ~ rank^-0.8) and {shape['items']:,} possible items (10-character ASINs, "
-            "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, 1% of the rows exact "
-            f"repeats of another's user, item and timestamp. It was generated in {generate_s:.1f} s (not "
-            "counted)."
+            f"Input: a synthetic rating-only `Books.csv` ({size_mb:.0f} MiB, plain text) "
+            f"in the published layout, {args.rows:,} rows in random order, "
+            f"{shape['users']:,} possible users (28-character ids, activity ~ rank^-0.8) "
+            f"and {shape['items']:,} possible items (10-character ASINs, "
+            "popularity ~ rank^-0.9), millisecond timestamps, ratings 1.0-5.0, "
+            "1% of the rows exact repeats of another's user, item and timestamp. "
+            f"It was generated in {generate_s:.1f} s (not counted)."
         ),
         "",
         (
             "The converter ran in a fresh process (`python benchmarks/harness.py -m "
-            "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), whole run "
-            "timed; its CPU time and peak RSS are that process's own (`harness.peak_rss_mb`, `VmHWM`). "
-            '"Child process" is the whole command, Python start-up and imports included; "conversion '
-            'alone" is the time the converter reports for itself (reading, filtering, writing); the '
+            "recbole_hydra.data.amazon2023 --category Books --raw RAW --out OUT --quiet`), "
+            "whole run timed; its CPU time and peak RSS are that process's own "
+            "(`harness.peak_rss_mb`, `VmHWM`). "
+            '"Child process" is the whole command, Python start-up and imports included; '
+            '"conversion alone" is the time the converter reports for itself '
+            "(reading, filtering, writing); the "
             "import alone is a process that only imports the converter's module."
         ),
         "",

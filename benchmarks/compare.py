@@ -49,7 +49,8 @@ def worker(spec):
 
 
 def run_all(args, overrides):
-    """Every (model, seed) in a fresh process, ``args.jobs`` at a time; their results in plan order."""
+    """Every (model, seed) in a fresh process, ``args.jobs`` at a time; their results in plan
+    order."""
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="recbole-hydra-compare-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = [(m, s) for m in args.models for s in range(args.seeds)]
@@ -163,9 +164,9 @@ def write_markdown(path, args, rows, runs, command):
     if args.time_budget:
         lines += [
             (
-                f"Time budget: {args.time_budget:g} min of training per run; an epoch that the budget "
-                "cut counts as the fraction of its batches trained in `epochs`, and its seconds are "
-                "extrapolated to the whole epoch in `s/epoch`."
+                f"Time budget: {args.time_budget:g} min of training per run; "
+                "an epoch that the budget cut counts as the fraction of its batches trained "
+                "in `epochs`, and its seconds are extrapolated to the whole epoch in `s/epoch`."
             ),
             "",
         ]

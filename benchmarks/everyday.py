@@ -1,7 +1,8 @@
 """Hydra against attention at everyday lengths, on real data, same objective and batches.
 
     python benchmarks/everyday.py [--datasets ml-100k,ml-1m] [--lengths 50,200] \
-        [--models Hydra,HSTU,SASRecGen[,Hydra-ckpt]] [--threads 2] [--out everyday] [--repo PATH --label before]
+        [--models Hydra,HSTU,SASRecGen[,Hydra-ckpt]] [--threads 2] [--out everyday] \
+        [--repo PATH --label before]
 
 For every (dataset, length, model), in a fresh process: RecBole's own data pipeline (LOO, order
 TO) with ``MAX_ITEM_LIST_LENGTH = length``, each model's default architecture, and ONE objective

@@ -7,8 +7,8 @@
 ``train`` runs ``recbole_hydra.quick_start.run`` on ml-100k with Hydra's defaults
 (``properties/Hydra.yaml``), plus ``properties/HydraLLM-ml-100k.yaml`` for the ``llm-*`` variants
 (``llm-frozen``: the LLM runs once, the projection trains; ``llm-lora``: LoRA adapters), capped by
-``--time-budget`` seconds of training (training stops once it is spent; the best checkpoint is tested),
-and appends the run (test result, per-epoch seconds, checkpoint) to ``--out`` (JSON lines).
+``--time-budget`` seconds of training (training stops once it is spent; the best checkpoint is
+tested), and appends the run (test result, per-epoch seconds, checkpoint) to ``--out`` (JSON lines).
 
 ``cold`` loads each checkpoint with ``recbole_hydra.checkpoint.load_data_and_model`` and scores the
 test users (RecBole's full ranking, padding item excluded, history not masked, as the trainer

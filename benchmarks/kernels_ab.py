@@ -6,7 +6,8 @@ Loads RecBole's data and Hydra once (the everyday benchmark's objective and batc
 alternates the kernels switch (``recbole_hydra.layers.kernels.use``) on and off step by step
 over the same training batches, and batch by batch over one evaluation batch
 (``full_sort_predict`` of ``eval_batch_size`` users): alternating puts both variants under the
-same machine load. Prints the median training step (forward + backward + AdamW) and evaluation batch in ms for each.
+same machine load. Prints the median training step (forward + backward + AdamW) and evaluation
+batch in ms for each.
 """
 
 import argparse
@@ -51,7 +52,8 @@ def main():
                 step(batch)
                 times[flag].append(time.perf_counter() - t0)
     print(
-        f"{args.dataset} L={args.length} train step ms: kernels {statistics.median(times[True]) * 1e3:.1f}, "
+        f"{args.dataset} L={args.length} train step ms: "
+        f"kernels {statistics.median(times[True]) * 1e3:.1f}, "
         f"PyTorch ops {statistics.median(times[False]) * 1e3:.1f}"
     )
     model.eval()
@@ -65,7 +67,8 @@ def main():
                     model.full_sort_predict(eval_batch)
                     times[flag].append(time.perf_counter() - t0)
     print(
-        f"{args.dataset} L={args.length} eval batch ms: kernels {statistics.median(times[True][1:]) * 1e3:.1f}, "
+        f"{args.dataset} L={args.length} eval batch ms: "
+        f"kernels {statistics.median(times[True][1:]) * 1e3:.1f}, "
         f"PyTorch ops {statistics.median(times[False][1:]) * 1e3:.1f}"
     )
 

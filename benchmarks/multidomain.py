@@ -1,6 +1,7 @@
 """Single vs multiple domains (Hydra paper Table 5) on the genre-split ml-1m.
 
-    python benchmarks/multidomain.py [--users 1000] [--epochs 6] [--out benchmarks/results/multidomain.md]
+    python benchmarks/multidomain.py [--users 1000] [--epochs 6]
+        [--out benchmarks/results/multidomain.md]
 
 "Single": one Hydra per domain, trained and evaluated on that domain's interactions alone.
 "Multiple": one HydraMD trained on all domains (merged and per-domain sequences), evaluated per
@@ -181,13 +182,16 @@ def render(args, argv, domains, stats, n_rows, results, timings, groups):
     out += [
         "",
         (
-            "**Protocol.** Leave-one-out per domain (last interaction of a user in a domain = test, the "
-            "one before = valid, users with fewer than 3 / 4 interactions in the domain give no test / "
-            "valid target), full ranking over the target domain's items, Recall and NDCG at 10 and 200 "
-            "(RecBole's definitions, history not masked), in percent. Single = one Hydra per domain on "
-            "that domain's interactions; Multiple = one HydraMD on all (merged context 200, domain "
-            "context 50, loss L_cross + sum_s L_single^s, prediction H^s + H^merged). Same valid/test "
-            "targets for both."
+            "**Protocol.** Leave-one-out per domain "
+            "(last interaction of a user in a domain = test, "
+            "the one before = valid, users with fewer than 3 / 4 interactions in the domain give "
+            "no test / valid target), full ranking over the target domain's items, "
+            "Recall and NDCG at 10 and 200 (RecBole's definitions, history not masked), "
+            "in percent. "
+            "Single = one Hydra per domain on that domain's interactions; "
+            "Multiple = one HydraMD on all (merged context 200, domain context 50, "
+            "loss L_cross + sum_s L_single^s, prediction H^s + H^merged). "
+            "Same valid/test targets for both."
         ),
         "",
         f"**Training.** Both: 2 Hydra layers x 4 heads, hidden {args.hidden_size}, d_state "

@@ -23,7 +23,8 @@ import torch
 
 
 def saved_by_line(model, batch):
-    """``{source line: bytes}`` of the storages autograd keeps for ``model.calculate_loss(batch)``."""
+    """``{source line: bytes}`` of the storages autograd keeps for
+    ``model.calculate_loss(batch)``."""
     owners = {p.untyped_storage().data_ptr() for p in model.parameters()}
     by_line = collections.Counter()
 
@@ -80,7 +81,8 @@ def main():
                 f"Kept for backward: {args.dataset}, length {args.length}, one training batch",
                 harness.command(),
                 harness.machine(),
-                "Storages autograd keeps between forward and backward (each once; parameters excluded), "
+                "Storages autograd keeps between forward and backward "
+                "(each once; parameters excluded), "
                 "by the source line that first kept them (see the script's docstring).",
             ),
             *harness.table(

@@ -252,28 +252,38 @@ def report(results, hw_before, hw_after, command):
     )
     out += [
         (
-            f"Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, chunk_size={DEFAULT_CHUNK})`, "
-            "width 64: four Mamba-2 blocks of d_model 16 (d_inner 32, one SSD head of headdim 32, ngroups 1), "
-            "PyTorch path, float32. Attention: QKV projection + `F.scaled_dot_product_attention(is_causal=True)` "
-            "(4 heads x 16) + output projection, no bias. Forward + backward (loss: mean of squares; gradients "
-            f"for the input and all parameters), batch = {TOKENS} tokens / length. Time: median over repetitions; "
-            "peak memory: peak RSS of the process during its first forward + backward above its RSS before it "
+            "Latent block: `MultiHeadLatentMamba2(n_heads=4, d_head=16, d_state=128, expand=2, "
+            f"chunk_size={DEFAULT_CHUNK})`, "
+            "width 64: four Mamba-2 blocks of d_model 16 "
+            "(d_inner 32, one SSD head of headdim 32, ngroups 1), "
+            "PyTorch path, float32. "
+            "Attention: QKV projection + `F.scaled_dot_product_attention(is_causal=True)` "
+            "(4 heads x 16) + output projection, no bias. "
+            "Forward + backward (loss: mean of squares; gradients "
+            f"for the input and all parameters), batch = {TOKENS} tokens / length. "
+            "Time: median over repetitions; "
+            "peak memory: peak RSS of the process during its first forward + backward "
+            "above its RSS before it "
             "(saved activations, temporaries and gradients); each point in a fresh process. "
-            "GFLOP/s against the FLOP counts in the script's docstring (forward + backward = 3 x forward matmul "
+            "GFLOP/s against the FLOP counts in the script's docstring "
+            "(forward + backward = 3 x forward matmul "
             "FLOPs; attention counted for the causal half only)."
         ),
         "",
         "## Sequence length",
         "",
         (
-            "ms: median (min) wall time of one forward + backward; CPU ms: least process CPU time (both "
-            "threads) of one, less sensitive to other jobs; us/token and GFLOP/s from the median; the last "
+            "ms: median (min) wall time of one forward + backward; "
+            "CPU ms: least process CPU time (both threads) of one, less sensitive to other jobs; "
+            "us/token and GFLOP/s from the median; the last "
             "columns divide attention's time by the latent block's (median wall, CPU)."
         ),
         "",
         (
-            "| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB | latent KiB/token "
-            "| latent GFLOP/s | attention ms | attention CPU ms | attention us/token | attention peak MiB "
+            "| length | batch | latent ms | latent CPU ms | latent us/token | latent peak MiB "
+            "| latent KiB/token "
+            "| latent GFLOP/s | attention ms | attention CPU ms | attention us/token "
+            "| attention peak MiB "
             "| attention GFLOP/s | attention / latent (wall) | attention / latent (CPU) |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -283,9 +293,12 @@ def report(results, hw_before, hw_after, command):
         ratio = f"{b['seconds'] / a['seconds']:.2f}x" if _ok(a) and _ok(b) else ""
         cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if _ok(a) and _ok(b) else ""
         out.append(
-            f"| {length} | {max(1, TOKENS // length)} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} "
-            f"| {_cell(a, _us_per_token, '{:.2f}')} | {_cell(a, 'peak_mib', '{:.0f}')} | {_cell(a, _kib_per_token, '{:.2f}')} "
-            f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} | {_cell(b, _cpu_ms, '{:.0f}')} "
+            f"| {length} | {max(1, TOKENS // length)} | {_cell(a, _ms_min, '{}')} "
+            f"| {_cell(a, _cpu_ms, '{:.0f}')} "
+            f"| {_cell(a, _us_per_token, '{:.2f}')} | {_cell(a, 'peak_mib', '{:.0f}')} "
+            f"| {_cell(a, _kib_per_token, '{:.2f}')} "
+            f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} "
+            f"| {_cell(b, _cpu_ms, '{:.0f}')} "
             f"| {_cell(b, _us_per_token, '{:.2f}')} | {_cell(b, 'peak_mib', '{:.0f}')} "
             f"| {_cell(b, 'gflops', '{:.1f}')} | {ratio} | {cpu_ratio} |"
         )
@@ -295,7 +308,8 @@ def report(results, hw_before, hw_after, command):
         "",
         (
             f"FLOPs per token (forward + backward, the docstring's counts): latent block "
-            f"{lat_fpt / 1e3:.0f}k at any length (d_state 128), attention {att_fpt / 1e3:.0f}k at length "
+            f"{lat_fpt / 1e3:.0f}k at any length (d_state 128), "
+            f"attention {att_fpt / 1e3:.0f}k at length "
             f"4096 ({att_fpt / lat_fpt:.1f}x the latent block's)."
         ),
     ]
@@ -306,14 +320,17 @@ def report(results, hw_before, hw_after, command):
             "## Same, with glibc malloc told to keep freed memory",
             "",
             (
-                f"Environment of the latent runs: `{env}`; the attention columns are the default-malloc run "
+                f"Environment of the latent runs: `{env}`; "
+                "the attention columns are the default-malloc run "
                 "above. Writing fresh memory (first touch, 256 MiB) took "
                 f"{hw_before['first_touch_ms_per_mib']:.2f} ms per MiB, rewriting it "
-                f"{hw_before['rewrite_ms_per_mib']:.2f} ms per MiB (measured at the start of the run)."
+                f"{hw_before['rewrite_ms_per_mib']:.2f} ms per MiB "
+                "(measured at the start of the run)."
             ),
             "",
             (
-                "| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s | attention ms | attention CPU ms "
+                "| length | latent ms | latent CPU ms | latent us/token | latent GFLOP/s "
+                "| attention ms | attention CPU ms "
                 "| attention / latent (wall) | attention / latent (CPU) |"
             ),
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -323,8 +340,10 @@ def report(results, hw_before, hw_after, command):
             ratio = f"{b['seconds'] / a['seconds']:.2f}x" if _ok(a) and _ok(b) else ""
             cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if _ok(a) and _ok(b) else ""
             out.append(
-                f"| {length} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} | {_cell(a, _us_per_token, '{:.2f}')} "
-                f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} | {_cell(b, _cpu_ms, '{:.0f}')} "
+                f"| {length} | {_cell(a, _ms_min, '{}')} | {_cell(a, _cpu_ms, '{:.0f}')} "
+                f"| {_cell(a, _us_per_token, '{:.2f}')} "
+                f"| {_cell(a, 'gflops', '{:.1f}')} | {_cell(b, _ms_min, '{}')} "
+                f"| {_cell(b, _cpu_ms, '{:.0f}')} "
                 f"| {ratio} | {cpu_ratio} |"
             )
     if lat_s:
@@ -371,7 +390,8 @@ def report(results, hw_before, hw_after, command):
                     else _cell(
                         r,
                         lambda r: (
-                            f"{_ms(r):.0f} ({_cpu_ms(r):.0f}, {r['peak_mib']:.0f}, {r['gflops']:.1f})"
+                            f"{_ms(r):.0f} ({_cpu_ms(r):.0f}, "
+                            f"{r['peak_mib']:.0f}, {r['gflops']:.1f})"
                         ),
                         "{}",
                     )

@@ -2,9 +2,9 @@
 
 The yaml files are read in RecBole's order: ``properties/overall.yaml`` (the protocol shared by
 every model), ``properties/<Model>.yaml``, ``properties/dataset/<dataset>.yaml``, then the
-user's files, then ``config_dict``. ``check_config`` then fails early (every key's type and range: ``config_schema``), in one line, on what would
-otherwise fail deep inside RecBole; ``check_dataset`` does the same for what can only be seen
-once the data is loaded.
+user's files, then ``config_dict``. ``check_config`` then fails early (every key's type and
+range: ``config_schema``), in one line, on what would otherwise fail deep inside RecBole;
+``check_dataset`` does the same for what can only be seen once the data is loaded.
 """
 
 import os

@@ -148,7 +148,8 @@ class StreamingRecommender:
         candidates = scores.shape[1] - excluded
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= candidates:
             raise ValueError(
-                f"k must be an integer from 1 to {candidates} (the items left to recommend), got {k!r}"
+                f"k must be an integer from 1 to {candidates} (the items left to recommend), "
+                f"got {k!r}"
             )
         return scores.topk(k, dim=-1)
 

@@ -12,10 +12,10 @@ with its spaces removed), into the equivalent Ray Tune distributions (``quniform
 bounds and step gives integers, so that it can tune sizes). Blank lines and ``#`` comments are
 allowed; any other line that does not parse ends the search before it starts, naming the line.
 
-Each trial is ``recbole_hydra.training.run`` with the sampled keys on top of the command line's config, in
-its own directory under ``<tune_dir>/<experiment>/`` (so it leaves what a plain run leaves there:
-``saved/`` checkpoint, ``log/`` RecBole log, ``results.md``/``result.json``). After every
-validation the trial reports the valid score to Tune (``run``'s ``epoch_callback``), and ASHA
+Each trial is ``recbole_hydra.training.run`` with the sampled keys on top of the command line's
+config, in its own directory under ``<tune_dir>/<experiment>/`` (so it leaves what a plain run
+leaves there: ``saved/`` checkpoint, ``log/`` RecBole log, ``results.md``/``result.json``). After
+every validation the trial reports the valid score to Tune (``run``'s ``epoch_callback``), and ASHA
 stops trials whose score is in the bottom half of those that reached the same epoch (epochs 1,
 2, 4, ...); a trial that completes reports its test result last. A trial that raises is marked
 as failed in the table and the search goes on. The experiment directory holds ``trials.md`` and

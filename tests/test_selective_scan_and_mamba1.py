@@ -1,4 +1,5 @@
-"""The chunked selective scan (Mamba-1) against a step-by-step loop, and the Mamba1 block built on it."""
+"""The chunked selective scan (Mamba-1) against a step-by-step loop, and the Mamba1 block built
+on it."""
 
 import math
 

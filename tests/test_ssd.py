@@ -11,7 +11,8 @@ F64 = torch.float64
 
 
 def loop_scan(x, dt, A, B, C, D=None, initial_state=None):
-    """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T, y_t = S_t C_t + D x_t, one position and head at a time."""
+    """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T, y_t = S_t C_t + D x_t, one position and head
+    at a time."""
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     state = (

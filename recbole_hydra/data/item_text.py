@@ -56,7 +56,8 @@ def item_texts(dataset, fields, prompt):
     missing = [f for f in fields if f not in available]
     if missing or not fields:
         raise UsageError(
-            f"item_text_fields {missing or fields} not among the item fields loaded from {name}.item "
+            f"item_text_fields {missing or fields} not among the item fields loaded "
+            f"from {name}.item "
             f"({', '.join(available)}): set item_text_fields to some of those, or add the columns "
             f"to load_col: {{item: [...]}}"
         )

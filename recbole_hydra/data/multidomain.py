@@ -1,4 +1,5 @@
-"""Multi-domain sequential data for ``HydraMD`` (Hydra paper section 4.4, 5.2), as a RecBole dataset.
+"""Multi-domain sequential data for ``HydraMD`` (Hydra paper section 4.4, 5.2), as a RecBole
+dataset.
 
 Where the domains come from (``DOMAIN_FIELD``, default ``domain``; ``domains``, default ``~``):
 
@@ -170,7 +171,8 @@ class MultiDomainSequentialDataset(SequentialDataset):
         split = (config["eval_args"] or {}).get("split") or {}
         if "LS" not in split:
             raise MultiDomainError(
-                "multi-domain data needs the leave-one-out split (eval_args: {split: {LS: valid_and_test}})"
+                "multi-domain data needs the leave-one-out split "
+                "(eval_args: {split: {LS: valid_and_test}})"
             )
         if int(config["MAX_ITEM_LIST_LENGTH"]) < 1 or self.max_merged_len < 1:
             raise MultiDomainError("MAX_ITEM_LIST_LENGTH and MAX_MERGED_LIST_LENGTH must be >= 1")
@@ -246,12 +248,13 @@ class MultiDomainSequentialDataset(SequentialDataset):
         unknown = [str(d) for d in wanted if str(d) not in present]
         if unknown:
             raise MultiDomainError(
-                f"unknown domain(s) {', '.join(unknown)}: the {self.domain_field!r} column has {', '.join(present)}"
+                f"unknown domain(s) {', '.join(unknown)}: "
+                f"the {self.domain_field!r} column has {', '.join(present)}"
             )
         keep = self.inter_feat[self.domain_field].astype(str).isin([str(d) for d in wanted])
         self.inter_feat = self.inter_feat[keep.values].reset_index(drop=True)
 
-    # -- after RecBole's processing: the item -> domain map and the checks --------------------------
+    # -- after RecBole's processing: the item -> domain map and the checks -------------------------
     def _data_processing(self):
         super()._data_processing()
         self._index_domains()
@@ -282,7 +285,8 @@ class MultiDomainSequentialDataset(SequentialDataset):
             bad = items[n_domains > 1]
             shown = ", ".join(repr(str(self.field2id_token[self.iid_field][i])) for i in bad[:3])
             raise MultiDomainError(
-                f"{len(bad)} item(s) belong to several domains (e.g. {shown}): every item must have one domain"
+                f"{len(bad)} item(s) belong to several domains (e.g. {shown}): "
+                "every item must have one domain"
             )
         self.item_domain = np.zeros(self.item_num, dtype=np.int64)
         self.item_domain[pairs[:, 0]] = pairs[:, 1]
@@ -297,11 +301,13 @@ class MultiDomainSequentialDataset(SequentialDataset):
             c = per_domain.get_group(d).values
             if n_items < 2:
                 raise MultiDomainError(
-                    f"domain {name!r} has {n_items} item(s): ranking needs at least two; drop it with domains: [...]"
+                    f"domain {name!r} has {n_items} item(s): ranking needs at least two; "
+                    "drop it with domains: [...]"
                 )
             if not (c >= 4).any():
                 raise MultiDomainError(
-                    f"domain {name!r} has no user with at least 4 interactions in it (most: {c.max()}), so "
+                    f"domain {name!r} has no user with at least 4 interactions in it "
+                    f"(most: {c.max()}), so "
                     "leave-one-out gives it no valid and test target; drop it with domains: [...]"
                 )
 

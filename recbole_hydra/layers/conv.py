@@ -1,8 +1,9 @@
 """Causal depthwise conv over time followed by SiLU: the conv of Mamba-1 and Mamba-2 blocks.
 
 ``causal_conv_silu`` runs the compiled CPU kernel (``recbole_hydra/csrc/causal_conv_silu.cpp``)
-when kernels are enabled and it builds, else ``_CausalConvSiLU`` (PyTorch ops). Both take channels last,
-``x (b, l, *channels)``, as the blocks' input projections produce them (strided views: no copy).
+when kernels are enabled and it builds, else ``_CausalConvSiLU`` (PyTorch ops). Both take
+channels last, ``x (b, l, *channels)``, as the blocks' input projections produce them (strided
+views: no copy).
 """
 
 from typing import Optional, Tuple

@@ -35,7 +35,8 @@ class _SwiGLUCpu(torch.autograd.Function):
     """``SwiGLU`` with the element-wise middle by the compiled CPU kernel
     (``recbole_hydra/csrc/swiglu.cpp``): backward keeps ``x`` and ``[W_gate x, W_up x]`` and
     recomputes ``SiLU(W_gate x) * W_up x`` in the same pass as its gradients; autograd of the
-    PyTorch ops keeps also the SiLU and the product, two more tensors of the inner size per token."""
+    PyTorch ops keeps also the SiLU and the product, two more tensors of the inner size per
+    token."""
 
     @staticmethod
     def forward(

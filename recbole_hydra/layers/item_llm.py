@@ -132,7 +132,8 @@ def load_llm(path=None, local_files_only=True):
     except OSError as err:
         where = "in the local Hugging Face cache" if local_files_only else "on the hub"
         raise UsageError(
-            f"llm_path {path!r} is not a model folder and was not found {where} ({str(err).splitlines()[0]}): "
+            f"llm_path {path!r} is not a model folder and was not found {where} "
+            f"({str(err).splitlines()[0]}): "
             "set llm_path to a local folder with the model and its tokenizer"
             + (", or llm_local_files_only: False to download it" if local_files_only else "")
         ) from None

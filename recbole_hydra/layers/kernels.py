@@ -59,7 +59,8 @@ _enabled = True
 
 
 def set_enabled(flag: bool) -> None:
-    """Use the optional kernels (``True``, the default) or PyTorch ops only (``False``), process-wide."""
+    """Use the optional kernels (``True``, the default) or PyTorch ops only (``False``),
+    process-wide."""
     global _enabled
     _enabled = bool(flag)
 
@@ -103,7 +104,8 @@ def load(name: str) -> Optional[Callable]:
 
 
 def usable(name: str, tensor: Tensor) -> Optional[Callable]:
-    """The kernel when kernels are enabled, ``tensor`` is on CUDA and the kernel loads; else ``None``."""
+    """The kernel when kernels are enabled, ``tensor`` is on CUDA and the kernel loads; else
+    ``None``."""
     if not _enabled or not tensor.is_cuda:
         return None
     return load(name)
@@ -159,7 +161,8 @@ def _build():
     except Exception as error:  # no compiler, no ninja, a failed build: run on PyTorch ops instead
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(
-            f"recbole-hydra: CPU kernels unavailable ({reason[:200]}); using PyTorch ops, which are "
+            f"recbole-hydra: CPU kernels unavailable ({reason[:200]}); "
+            "using PyTorch ops, which are "
             "slower. Install a C++ compiler and ninja to build them, or set use_kernels: False to "
             "silence this.",
             RuntimeWarning,

@@ -62,7 +62,8 @@ def full_softmax_loss(query, item_table, target, temperature=1.0, similarity="do
 
 
 def sample_negatives(n_items, num_negatives, device, generator=None):
-    """``num_negatives`` item ids drawn uniformly with replacement from 1..n_items-1 (0 is padding)."""
+    """``num_negatives`` item ids drawn uniformly with replacement from 1..n_items-1 (0 is
+    padding)."""
     return torch.randint(1, n_items, (num_negatives,), device=device, generator=generator)
 
 

@@ -133,7 +133,8 @@ class _Mamba2Mixer(nn.Module):
         return t.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state])
 
     def _split_xBC(self, xBC: Tensor) -> Tuple[Tensor, ...]:
-        """``(..., n_blocks, conv channels of a block)`` -> its x, B, C, each ``(..., n_blocks, size)``."""
+        """``(..., n_blocks, conv channels of a block)`` -> its x, B, C, each
+        ``(..., n_blocks, size)``."""
         gn = self.ngroups_block * self.d_state
         return xBC.split([self.d_inner_block, gn, gn], dim=-1)
 
@@ -198,7 +199,8 @@ class _Mamba2Mixer(nn.Module):
     def forward(
         self, u: Tensor, lengths: Optional[Tensor] = None, return_cache: bool = False
     ) -> Union[Tensor, Tuple[Tensor, Mamba2Cache]]:
-        """``u (b, l, d_model)`` -> ``(b, l, d_model)``; with ``return_cache`` also the cache after it.
+        """``u (b, l, d_model)`` -> ``(b, l, d_model)``; with ``return_cache`` also the cache
+        after it.
 
         ``lengths (b,)``: for right-padded input, the number of real positions of each sequence.
         Padded positions get ``dt = 0``, so they never move the SSM state, and (the conv being

@@ -5,9 +5,10 @@ For every channel d and state n, with ``dt = softplus(delta + delta_bias)`` (whe
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t          (h: (b, d, n) per step)
     y_t = C_t . h_t + D u_t,   then  y_t * SiLU(z_t)
 
-``selective_scan`` takes and returns mamba-ssm's layout (``selective_scan_ref`` / ``selective_scan_fn``:
-u, delta, z (b, d, l), B, C (b, n, l)); ``selective_scan_bld`` is the same with time before
-channels (u, delta, z (b, l, d), B, C (b, l, n)), the layout the Mamba-1 block produces.
+``selective_scan`` takes and returns mamba-ssm's layout (``selective_scan_ref`` /
+``selective_scan_fn``: u, delta, z (b, d, l), B, C (b, n, l)); ``selective_scan_bld`` is the same
+with time before channels (u, delta, z (b, l, d), B, C (b, l, n)), the layout the Mamba-1 block
+produces.
 
 How it is computed (``_linear_scan``): the sequence is cut into chunks of at most ``chunk_size``
 steps. Inside a chunk, a parallel (Hillis-Steele) scan of ``ceil(log2 Q)`` vectorised steps

@@ -47,7 +47,8 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
         )
     if h % g != 0:
         raise ValueError(
-            f"nheads ({h}) must be a multiple of ngroups ({g}): change ngroups to a divisor of nheads"
+            f"nheads ({h}) must be a multiple of ngroups ({g}): "
+            "change ngroups to a divisor of nheads"
         )
     if D is not None and D.shape not in ((h,), (h, p)):
         raise ValueError(f"D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
@@ -163,8 +164,8 @@ def ssd_scan(
 
     Args:
         x: ``(b, l, h, p)`` inputs, ``h`` heads of ``p`` channels.
-        dt: ``(b, l, h)`` positive step sizes (after softplus). ``dt = 0`` leaves the state as it is,
-            which is how padding is made invisible.
+        dt: ``(b, l, h)`` positive step sizes (after softplus). ``dt = 0`` leaves the state as it
+            is, which is how padding is made invisible.
         A: ``(h,)`` negative decay rates.
         B, C: ``(b, l, g, n)`` input and output maps, ``g`` groups shared by ``h // g`` heads each.
         chunk_size: the longest chunk; the sequence is cut into equal chunks of at most this length.
@@ -225,8 +226,8 @@ def ssd_scan(
     states = x_to_end.reshape(batch, n_chunks, ngroups, per_group * headdim, q) @ B  # (b,c,g,r*p,n)
     states = states.view(batch, n_chunks, nheads, headdim, d_state)
 
-    # 3. Inter-chunk recurrence (centre factors): the state entering each chunk, S_k = A_k S_{k-1} + s_k,
-    #    one step per chunk, so the cost is linear in the number of chunks.
+    # 3. Inter-chunk recurrence (centre factors): the state entering each chunk,
+    #    S_k = A_k S_{k-1} + s_k, one step per chunk, so the cost is linear in the number of chunks.
     chunk_decay = torch.exp(a_cum[..., -1]).to(x.dtype).reshape(batch, n_chunks, nheads)
     if initial_state is None:
         initial_state = x.new_zeros(batch, nheads, headdim, d_state)
@@ -293,7 +294,8 @@ def ssd_step(
     D: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """One step of the recurrence: ``x_t (b, h, p)``, ``dt_t (b, h)``, ``B_t, C_t (b, g, n)``,
-    ``state (b, h, p, n)``. Returns ``y_t (b, h, p)`` and the new state (``state`` is not modified)."""
+    ``state (b, h, p, n)``. Returns ``y_t (b, h, p)`` and the new state (``state`` is not
+    modified)."""
     _check(x_t, dt_t, A, B_t, C_t, D)
     batch, nheads, headdim = x_t.shape
     ngroups, d_state = B_t.shape[-2:]

@@ -63,8 +63,8 @@ class HydraMD(Hydra):
     each domain predicts nothing in its domain sequence, but all but the first item overall do in
     the merged one: sum_u (n_u - 1) against sum_u sum_s (n_us - 1)), so this is the paper's
     ``L_cross + sum_s L_single^s`` with the two terms weighted by slightly different constants
-    (equal weight per mean, so that neither term dominates by sequence count alone: our choice where the
-    paper is silent, see docs/paper-reading.md). ``loss_type: CE`` is the full
+    (equal weight per mean, so that neither term dominates by sequence count alone: our choice
+    where the paper is silent, see docs/paper-reading.md). ``loss_type: CE`` is the full
     softmax over the positive's domain. Each training step runs inside the item LLM's ``step()``
     (when ``item_model: llm``): every distinct item of the step is encoded once.
 
@@ -76,7 +76,8 @@ class HydraMD(Hydra):
     def __init__(self, config, dataset):
         if not isinstance(dataset, MultiDomainSequentialDataset):
             raise MultiDomainError(
-                "HydraMD needs a MultiDomainSequentialDataset (recbole_hydra.registry.create_dataset builds it)"
+                "HydraMD needs a MultiDomainSequentialDataset "
+                "(recbole_hydra.registry.create_dataset builds it)"
             )
         super().__init__(config, dataset)
         if self.train_mode != "generative":
@@ -126,7 +127,7 @@ class HydraMD(Hydra):
         other = self.item_domain[items] != interaction[self.DOMAIN]
         return scores.masked_fill(other, float("-inf"))
 
-    # -- training (eq 16, 17) ------------------------------------------------------------------------
+    # -- training (eq 16, 17) ----------------------------------------------------------------------
     def calculate_loss(self, interaction):
         step = (
             self.item_encoder.step() if self.item_encoder is not None else contextlib.nullcontext()

@@ -1,4 +1,5 @@
-"""Mamba4Rec: selective state spaces for sequential recommendation (Liu et al. 2024, arXiv 2403.03900).
+"""Mamba4Rec: selective state spaces for sequential recommendation (Liu et al. 2024,
+arXiv 2403.03900).
 
 Follows the authors' code (github.com/chengkai-liu/Mamba4Rec, ``mamba4rec.py``) on top of this
 package's base model, so it trains either RecBole's way (``train_mode: prefix``, the paper's) or

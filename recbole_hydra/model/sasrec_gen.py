@@ -1,8 +1,8 @@
 """SASRecGen: RecBole's SASRec architecture with fused causal attention, trained generatively.
 
 A SASRec-style causal Transformer trained the same generative way as Hydra, to compare the two
-sequence layers alone: same item table, same objective (every position predicts its next item, sampled
-softmax) and same batches as Hydra and HSTU, so that only the sequence layers differ.
+sequence layers alone: same item table, same objective (every position predicts its next item,
+sampled softmax) and same batches as Hydra and HSTU, so that only the sequence layers differ.
 """
 
 import torch.nn.functional as F
