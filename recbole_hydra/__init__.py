@@ -6,15 +6,17 @@ RecBole's own ``load_data_and_model`` and trainer work with plugin models and to
 
 __version__ = "0.1.0"
 
-from recbole_hydra import compat, registry  # noqa: E402
-from recbole_hydra.checkpoint import load_data_and_model, read_checkpoint  # noqa: E402
+from recbole_hydra import checkpoint, compat, registry  # noqa: E402
 from recbole_hydra.quick_start import run  # noqa: E402
 
 compat.install(
     get_model=registry.get_model,
     create_dataset=registry.create_dataset,
-    read_checkpoint=read_checkpoint,
-    load_data_and_model=load_data_and_model,
+    read_checkpoint=checkpoint.read_checkpoint,
+    load_data_and_model=checkpoint.load_data_and_model,
+    save_checkpoint=checkpoint.save_trainer_checkpoint,
+    resume_checkpoint=checkpoint.resume_trainer,
+    checkpoint_name=checkpoint.checkpoint_name,
 )
 
 __all__ = ["run", "__version__"]

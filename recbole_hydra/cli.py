@@ -4,6 +4,8 @@
     python run_hydra.py --model=SASRec --dataset=ml-100k --epochs=5
     python run_hydra.py --config_files="my.yaml other.yaml" --hidden_size=128
     python run_hydra.py --checkpoint=saved/Hydra-....pth  # re-evaluate a saved model
+    python run_hydra.py --checkpoint=saved/Hydra-....pth --topk="[10,20]"  # evaluated otherwise
+    python run_hydra.py --resume_from=saved/Hydra-....pth # continue an interrupted run
     python run_hydra.py --recommend --checkpoint=saved/Hydra-....pth --users=196,186 [--k=10]
     python run_hydra.py --recommend --checkpoint=... --users=196 --replay=5   # event by event
     python run_hydra.py --tune --params_file properties/tune/hydra.hyper --num_samples=8
@@ -11,7 +13,8 @@
     python run_hydra.py --nproc=2                         # DDP: gloo on the CPU, NCCL on GPUs
 
 Flags are RecBole's: ``--model``, ``--dataset``, ``--config_files`` and any ``--key=value``
-config override. Bad input ends in one line on stderr and exit status 2.
+config override. Bad input ends in one line on stderr and exit status 2; Ctrl-C during
+training in one line naming the checkpoint to resume from, exit status 130.
 """
 
 import argparse
@@ -20,9 +23,9 @@ import os
 import sys
 
 from recbole_hydra import compat
-from recbole_hydra.errors import UsageError
+from recbole_hydra.errors import TrainingInterrupted, UsageError
 from recbole_hydra.serving import recommend
-from recbole_hydra.training import evaluate_checkpoint, results_table, run
+from recbole_hydra.training import evaluate_checkpoint, results_table, resume, run
 from recbole_hydra.tune import search
 
 
@@ -34,6 +37,17 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--checkpoint", default=None, help="re-evaluate this saved model")
+    parser.add_argument(
+        "--resume_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run of this checkpoint (or of the newest one in this directory)",
+    )
+    parser.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help="also load a pickled RecBole checkpoint (it can run code: trusted files only)",
+    )
     parser.add_argument(
         "--recommend",
         action="store_true",
@@ -96,13 +110,15 @@ def _parse_value(value):
         return value
 
 
-def print_results(result, out=sys.stdout):
+def print_results(result, out=None):
+    out = out or sys.stdout
     out.write(results_table(result))
     if result.get("model_file"):
         out.write(f"checkpoint: {result['model_file']}\n")
 
 
-def print_search(summary, out=sys.stdout):
+def print_search(summary, out=None):
+    out = out or sys.stdout
     out.write(summary["table_md"].read_text())
     out.write(f"\ntable: {summary['table_md']} and {summary['table_csv']}\n")
     if summary["best"] is not None:
@@ -114,6 +130,16 @@ def print_search(summary, out=sys.stdout):
         )
 
 
+def interrupted_line(stop):
+    if stop.checkpoint is None:
+        return "run_hydra.py: interrupted before a checkpoint was written: nothing to resume\n"
+    epoch = f" (after epoch {stop.epoch})" if stop.epoch is not None and stop.epoch >= 0 else ""
+    return (
+        f"run_hydra.py: interrupted; the last good checkpoint is {stop.checkpoint}{epoch}: "
+        f"continue with run_hydra.py --resume_from={stop.checkpoint}\n"
+    )
+
+
 def main(argv=None):
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     compat.quiet_known_warnings()
@@ -123,7 +149,13 @@ def main(argv=None):
                 raise UsageError("--recommend needs --checkpoint=PATH and --users=U1,U2,...")
             if not os.path.isfile(args.checkpoint):
                 raise UsageError(f"checkpoint {args.checkpoint} does not exist")
-            recommend(args.checkpoint, args.users.split(","), k=args.k, replay=args.replay)
+            recommend(
+                args.checkpoint,
+                args.users.split(","),
+                k=args.k,
+                replay=args.replay,
+                trust=args.trust_checkpoint,
+            )
             return 0
         files = args.config_files.split() if args.config_files else None
         distributed = args.nproc != 1 or args.world_size > 0
@@ -154,8 +186,14 @@ def main(argv=None):
             return 0 if summary["best"] is not None and not summary["unfinished"] else 1
         if args.resume or args.params_file:
             raise UsageError("--params_file and --resume go with --tune")
+        if args.checkpoint and args.resume_from:
+            raise UsageError("--checkpoint evaluates a saved model, --resume_from trains on: one")
+        if args.resume_from and distributed:
+            raise UsageError("--resume_from continues a run in one process: drop --nproc")
         if args.checkpoint:
-            result = evaluate_checkpoint(args.checkpoint)
+            result = evaluate_checkpoint(args.checkpoint, overrides, trust=args.trust_checkpoint)
+        elif args.resume_from:
+            result = resume(args.resume_from, overrides)
         else:
             result = run(
                 args.model,
@@ -174,6 +212,12 @@ def main(argv=None):
                     "finished; the results are printed by the node with --group_offset=0"
                 )
                 return 0
+    except TrainingInterrupted as stop:
+        sys.stderr.write(interrupted_line(stop))
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("run_hydra.py: interrupted\n")
+        return 130
     except (UsageError, FileNotFoundError) as err:
         sys.stderr.write(f"run_hydra.py: error: {err}\n")
         return 2

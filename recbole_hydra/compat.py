@@ -1,11 +1,13 @@
 """Every shim that RecBole 1.2.1 needs on today's stack, in one place; ``install`` applies them.
 
-1. Checkpoints under torch >= 2.6. ``torch.load`` defaults to ``weights_only=True``, and RecBole's
-   checkpoints pickle its ``Config`` object with ``pickle_protocol=4``, whose framing torch's safe
-   unpickler rejects outright: RecBole cannot reload its own checkpoint
-   (``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, ``load_data_and_model``).
-   RecBole's trainer module gets the package's checkpoint reader
-   (``recbole_hydra.checkpoint.read_checkpoint``) as its ``torch.load``, and RecBole's
+1. Checkpoints. RecBole's ``Trainer._save_checkpoint`` pickles its ``Config`` object, which only
+   an unpickler that runs code can read (torch >= 2.6 refuses it by default), names the file by
+   the second the trainer was built (two runs started in the same second write one file) and
+   writes over the best checkpoint in place (a kill during the save truncates it).
+   ``Trainer._save_checkpoint``, ``Trainer.resume_checkpoint`` and the checkpoint name that
+   ``Trainer.__init__`` picks are the package's (``recbole_hydra.checkpoint``: plain data that
+   ``torch.load(weights_only=True)`` reads, a unique name, a rename over the old file), and
+   RecBole's trainer module gets the package's reader as its ``torch.load``. RecBole's
    ``load_data_and_model`` is the package's (also through a reference taken before
    ``recbole_hydra`` was imported: shim 3); ``torch.load`` elsewhere is untouched.
 2. Warnings RecBole 1.2.1 raises on today's pandas that no user can act on (chained-assignment
@@ -29,14 +31,12 @@ RecBole 1.2.1's DDP only runs on CUDA with NCCL, and its evaluation can read the
    ``DistributedDataParallel(model, device_ids=[local_rank])``, which torch refuses for a CPU
    module. ``distributed_data_parallel`` passes ``device_ids`` only for a module on one CUDA
    device; RecBole's trainer module gets it as its ``DistributedDataParallel``.
-6. One checkpoint for all ranks. Each rank names its checkpoint ``<model>-<its clock>.pth`` when
-   its trainer is built, only local rank 0 writes it, and after ``fit`` every rank loads "its"
-   best checkpoint for the test: a rank whose clock read a different second, or that gets there
-   before rank 0 has written the file, fails or tests other weights. ``share_checkpoint`` gives
-   every rank rank 0's file name (in its own ``checkpoint_dir``), waits for all ranks (a barrier,
-   so the file is written) before any loads it, and writes the checkpoint whole (a rename: the
-   first processes of machines that share a filesystem write the same file) with a
-   single-process copy of the config, so that the file loads like a plain run's
+6. One checkpoint for all ranks. Each rank names its checkpoint when its trainer is built, only
+   local rank 0 writes it, and after ``fit`` every rank loads "its" best checkpoint for the test:
+   a rank that picked another name, or that gets there before rank 0 has written the file, fails
+   or tests other weights. ``share_checkpoint`` gives every rank rank 0's file name (in its own
+   ``checkpoint_dir``), waits for all ranks (a barrier, so the file is written) before any loads
+   it, and saves a single-process copy of the config, so that the file loads like a plain run's
    (``load_data_and_model``, ``--checkpoint``) without a process group.
 7. Directories made by processes started together. RecBole's ``ensure_dir`` checks that a
    directory is missing and then ``os.makedirs`` it, which raises ``FileExistsError`` when another
@@ -47,7 +47,6 @@ RecBole 1.2.1's DDP only runs on CUDA with NCCL, and its evaluation can read the
 import copy
 import importlib
 import os
-import socket
 import types
 import warnings
 
@@ -148,19 +147,11 @@ def share_checkpoint(trainer):
     def save_with_plain_config(epoch, verbose=True, **kwargs):
         if trainer.config["local_rank"] != 0:
             return
-        # Whole or not at all: machines that share a filesystem each write the same file.
-        final = kwargs.pop("saved_model_file", trainer.saved_model_file)
-        partial = f"{final}.{socket.gethostname()}-{os.getpid()}.part"
         config, trainer.config = trainer.config, plain
         try:
-            save_checkpoint(epoch, verbose=False, saved_model_file=partial, **kwargs)
-            os.replace(partial, final)
+            save_checkpoint(epoch, verbose=verbose, **kwargs)
         finally:
             trainer.config = config
-        if verbose:
-            from recbole.utils import set_color
-
-            trainer.logger.info(set_color("Saving current", "blue") + f": {final}")
 
     def evaluate_after_save(eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
@@ -196,17 +187,31 @@ ENSURE_DIR_USERS = (
 INSTALLED = {}
 
 
-def install(get_model, create_dataset, read_checkpoint, load_data_and_model):
+def install(
+    get_model,
+    create_dataset,
+    read_checkpoint,
+    load_data_and_model,
+    save_checkpoint,
+    resume_checkpoint,
+    checkpoint_name,
+):
     """Apply the shims (idempotent) with the package's model and dataset resolution
-    (``recbole_hydra.registry``) and checkpoint loading (``recbole_hydra.checkpoint``). Import
+    (``recbole_hydra.registry``) and checkpoints (``recbole_hydra.checkpoint``). Import
     ``recbole_hydra`` before using RecBole's entry points."""
     import recbole.quick_start
     import recbole.quick_start.quick_start as qs
     import recbole.trainer.trainer as trainer_module
 
-    INSTALLED.update(load_data_and_model=load_data_and_model)
+    INSTALLED.update(load_data_and_model=load_data_and_model, checkpoint_name=checkpoint_name)
     trainer_module.torch = _torch_with_load(read_checkpoint)
     trainer_module.DistributedDataParallel = distributed_data_parallel
+    trainer_class = trainer_module.Trainer
+    trainer_class._save_checkpoint = save_checkpoint
+    trainer_class.resume_checkpoint = resume_checkpoint
+    if "recbole" not in INSTALLED:
+        INSTALLED["recbole"] = {"Trainer.__init__": trainer_class.__init__}
+        trainer_class.__init__ = _trainer_init
     for name in ENSURE_DIR_USERS:
         importlib.import_module(name).ensure_dir = ensure_dir
     qs.get_model = get_model
@@ -221,6 +226,12 @@ def install(get_model, create_dataset, read_checkpoint, load_data_and_model):
         # a reference taken before this import (``from recbole.quick_start import
         # load_data_and_model`` above ``import recbole_hydra``) gets the package's version too.
         recbole_loader.__code__ = _call_ours.__code__
+
+
+def _trainer_init(self, config, model):
+    """RecBole's ``Trainer.__init__``, then a checkpoint name of the package's (shim 1)."""
+    INSTALLED["recbole"]["Trainer.__init__"](self, config, model)
+    self.saved_model_file = INSTALLED["checkpoint_name"](self.checkpoint_dir, config["model"])
 
 
 def _call_ours(model_file):

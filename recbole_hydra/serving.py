@@ -50,9 +50,10 @@ class StreamingRecommender:
         self.n_items = model.n_items
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu"):
-        """A RecBole checkpoint of Hydra (``saved/Hydra-*.pth``), without loading its dataset."""
-        return cls(load_model(path, device, model_class=Hydra))
+    def from_checkpoint(cls, path, device="cpu", trust=False):
+        """A checkpoint of Hydra (``saved/Hydra-*.pth``), without loading its dataset;
+        ``trust``: also read a pickled RecBole checkpoint."""
+        return cls(load_model(path, device, model_class=Hydra, trust=trust))
 
     # -- states ------------------------------------------------------------------------------
     def _check_items(self, items):
@@ -154,7 +155,7 @@ class StreamingRecommender:
         return scores.topk(k, dim=-1)
 
 
-def recommend(checkpoint, users, k=10, replay=0, out=None):
+def recommend(checkpoint, users, k=10, replay=0, out=None, trust=False):
     """Print top-``k`` item tokens for user tokens ``users`` from a Hydra checkpoint.
 
     A user's history is what RecBole's test split holds for them (the newest
@@ -167,7 +168,7 @@ def recommend(checkpoint, users, k=10, replay=0, out=None):
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay must be a non-negative integer, got {replay!r}")
     out = out or sys.stdout
-    config, model, dataset, _, _, test = load_data_and_model(checkpoint)
+    config, model, dataset, _, _, test = load_data_and_model(checkpoint, trust=trust)
     if not isinstance(model, Hydra):
         raise UsageError(
             f"{checkpoint} holds a {type(model).__name__} model; --recommend needs "

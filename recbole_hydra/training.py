@@ -2,7 +2,9 @@
 
 ``run`` builds the config (``recbole_hydra.config``), then RecBole does the work: its data
 pipeline and leave-one-out split, its Trainer (or the plugin model's, ``recbole_hydra.trainer``)
-and its evaluator. ``evaluate_checkpoint`` re-evaluates a saved model on its own split.
+and its evaluator. After each validation the run's checkpoint gets the newest training state,
+so ``resume`` continues an interrupted run; Ctrl-C raises ``TrainingInterrupted`` naming that
+checkpoint. ``evaluate_checkpoint`` re-evaluates a saved model on its own split.
 
 Multi-process: ``run(..., nproc=N)`` starts ``nproc`` processes on this machine
 (``torch.multiprocessing.spawn``); process ``i`` is rank ``group_offset + i`` of a group of
@@ -26,10 +28,9 @@ import torch.multiprocessing as mp
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
-from recbole_hydra import compat
-from recbole_hydra.checkpoint import load_data_and_model
+from recbole_hydra import checkpoint, compat
 from recbole_hydra.config import check_dataset, make_config
-from recbole_hydra.errors import UsageError
+from recbole_hydra.errors import TrainingInterrupted, UsageError
 from recbole_hydra.layers import kernels
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
 from recbole_hydra.trainer import record_history
@@ -74,14 +75,23 @@ def run(
     return train_and_test(config, saved=saved, epoch_callback=epoch_callback)
 
 
-def train_and_test(config, saved=True, epoch_callback=None):
+def resume(model_file, config_dict=None, epoch_callback=None):
+    """Continue the run whose checkpoint is ``model_file`` (or the newest checkpoint in that
+    directory) from its newest training state, writing to the same file; ``config_dict`` may
+    change only ``checkpoint.RESUME_KEYS``. Returns what ``run`` returns."""
+    model_file = checkpoint.newest_checkpoint(model_file)
+    config = checkpoint.resume_config(model_file, config_dict)
+    return train_and_test(config, epoch_callback=epoch_callback, resume_from=model_file)
+
+
+def train_and_test(config, saved=True, epoch_callback=None, resume_from=None):
     """``run`` from a built config (single-process, or one rank of a process group), with the
     optional kernels on or off as ``use_kernels`` says (a process-wide switch, for this run)."""
     with kernels.use(config["use_kernels"] is not False):
-        return _train_and_test(config, saved, epoch_callback)
+        return _train_and_test(config, saved, epoch_callback, resume_from)
 
 
-def _train_and_test(config, saved, epoch_callback):
+def _train_and_test(config, saved, epoch_callback, resume_from):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -91,20 +101,39 @@ def _train_and_test(config, saved, epoch_callback):
     dataset = create_dataset(config)
     logger.info(dataset)
     check_dataset(config, dataset)
+    fingerprint = checkpoint.dataset_fingerprint(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = build_model(config, train_data._dataset)
     logger.info(model)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     trainer = get_trainer(config)(config, model)
+    checkpoint.prepare_trainer(trainer, fingerprint, train_data)
+    if resume_from is not None:
+        trainer.resume_checkpoint(resume_from)
     if not config["single_spec"]:
         compat.share_checkpoint(trainer)
     history = record_history(
         trainer, config["time_budget_s"], epoch_callback, distributed=not config["single_spec"]
     )
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    saved_states = []
+
+    def save_training_state(epoch, valid_score):
+        trainer._save_checkpoint(epoch, verbose=False, resume_point=True)
+        saved_states.append(epoch)
+
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data,
+            valid_data,
+            saved=saved,
+            show_progress=config["show_progress"],
+            callback_fn=save_training_state if saved else None,
+        )
+    except KeyboardInterrupt:
+        last = saved_states[-1] if saved_states else trainer.start_epoch - 1
+        has_state = saved and os.path.isfile(trainer.saved_model_file)
+        raise TrainingInterrupted(trainer.saved_model_file if has_state else None, last) from None
     test_result = trainer.evaluate(
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
@@ -122,9 +151,15 @@ def _train_and_test(config, saved, epoch_callback):
     }
 
 
-def evaluate_checkpoint(model_file, show_progress=True):
-    """Re-evaluate a saved checkpoint on its own valid and test split."""
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+def evaluate_checkpoint(model_file, config_dict=None, trust=False, show_progress=None):
+    """Re-evaluate a saved checkpoint on its own valid and test split; ``config_dict`` may
+    change how (``checkpoint.EVALUATION_KEYS``: topk, metrics, data_path, ...), ``trust`` also
+    reads a pickled RecBole checkpoint."""
+    config, model, _, _, valid_data, test_data = checkpoint.load_data_and_model(
+        model_file, config_dict, trust=trust
+    )
+    if show_progress is None:
+        show_progress = config["show_progress"]
     trainer = get_trainer(config)(config, model)
     with kernels.use(config["use_kernels"] is not False):
         valid_result = trainer.evaluate(

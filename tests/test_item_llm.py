@@ -12,7 +12,7 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_hydra.checkpoint import export_item_table, load_item_table
+from recbole_hydra.checkpoint import export_item_table, load_item_table, read_checkpoint
 from recbole_hydra.checkpoint import main as export_main
 from recbole_hydra.config import make_config
 from recbole_hydra.data.item_text import item_texts
@@ -307,8 +307,8 @@ def test_end_to_end_ml100k_with_bundled_minilm_and_export(tmp_path):
     export_main([result["model_file"], exported, "--table", table_file])  # the export command
     table = torch.load(table_file, weights_only=True)
     assert table.shape[1] == 16
-    checkpoint = torch.load(exported, weights_only=False)
-    assert checkpoint["config"]["item_model"] == "embedding"
+    checkpoint = read_checkpoint(exported)
+    assert checkpoint["config"]["item_model"] == "embedding" and checkpoint["resume"] is None
     assert not any(k.startswith("item_encoder.") for k in checkpoint["state_dict"])
     again = evaluate_checkpoint(exported, show_progress=False)
     assert again["test_result"] == result["test_result"]

@@ -1,7 +1,5 @@
 """quick_start.run, checkpoints, the compat shims and RecBole's own inference helpers."""
 
-import pickle
-
 import pytest
 import recbole.quick_start
 import recbole.utils
@@ -44,7 +42,7 @@ def test_run_trains_saves_and_tests(trained):
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     assert result["epochs"] == 2 and all(h["train_s"] > 0 for h in result["history"])
     assert result["n_params"] > 0
-    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "Hydra"
+    assert torch.load(result["model_file"], weights_only=True)["config"]["model"] == "Hydra"
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
@@ -95,7 +93,7 @@ def test_time_budget_stops_inside_an_epoch_and_keeps_its_checkpoint(tmp_path):
     (entry,) = result["history"]
     assert entry["batches"] == len(losses) == 1 and entry["batches_per_epoch"] > 1
     assert "valid_score" in entry and set(result["test_result"]) == METRICS
-    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "Hydra"
+    assert torch.load(result["model_file"], weights_only=True)["config"]["model"] == "Hydra"
 
 
 def test_time_budget_lets_epochs_that_fit_run_whole(tmp_path):
@@ -117,7 +115,7 @@ def test_recbole_load_data_and_model_and_full_sort_topk(trained):
         result["model_file"]
     )
     assert isinstance(model, Hydra)
-    saved = torch.load(result["model_file"], weights_only=False)["state_dict"]
+    saved = torch.load(result["model_file"], weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     uid_series = dataset.token2id(dataset.uid_field, ["1", "2"])
     model.eval()
@@ -133,16 +131,19 @@ def test_recbole_load_data_and_model_and_full_sort_topk(trained):
     torch.testing.assert_close(scores.sort(-1).values, direct.topk(5).values.sort(-1).values)
 
 
-def test_shim_checkpoint_needed_and_works(trained):
-    """torch >= 2.6 refuses RecBole's checkpoint by default; the shim loads it."""
+def test_shim_trainer_reads_and_writes_the_packages_checkpoints(trained):
+    """RecBole's trainer saves the package's format (plain data: torch.load's safe mode reads it)
+    and reads checkpoints through the package's reader."""
     result, _ = trained
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(result["model_file"])
+    raw = torch.load(result["model_file"], weights_only=True)
+    assert raw["format"] == checkpoint.FORMAT and raw["config"]["model"] == "Hydra"
     assert read_checkpoint(result["model_file"])["config"]["model"] == "Hydra"
     import recbole.trainer.trainer as trainer_module
 
     assert trainer_module.torch.load is read_checkpoint
     assert trainer_module.torch.nn is torch.nn  # everything else is torch itself
+    assert trainer_module.Trainer._save_checkpoint is checkpoint.save_trainer_checkpoint
+    assert trainer_module.Trainer.resume_checkpoint is checkpoint.resume_trainer
 
 
 def test_recbole_loader_imported_before_the_plugin_reloads_a_checkpoint(trained, tmp_path):
@@ -187,7 +188,7 @@ def test_recbole_model_runs_the_same_way(tmp_path):
     config = quiet_config(data, MAX_ITEM_LIST_LENGTH=10, hidden_size=16, inner_size=32, n_layers=1)
     result = run("SASRec", "ml-100k-slice", config_dict=config)
     assert set(result["test_result"]) == METRICS
-    assert torch.load(result["model_file"], weights_only=False)["config"]["model"] == "SASRec"
+    assert torch.load(result["model_file"], weights_only=True)["config"]["model"] == "SASRec"
 
 
 def test_pairwise_recbole_model_gets_recboles_negative_sampling_back(tmp_path):

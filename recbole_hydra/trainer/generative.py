@@ -43,10 +43,18 @@ class GenerativeTrainer(Trainer):
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {schedule!r}")
         hook = None
         if schedule == "cosine":
-            total = max(1, (self.epochs - self.start_epoch) * len(train_data))
+            # Planned over every epoch of the run, so that a resumed run continues the schedule
+            # it started (``resumed_lr_scheduler``: set by ``checkpoint.resume_trainer``).
+            total = max(1, self.epochs * len(train_data))
             ratio = self.config["warmup_ratio"]  # ~: no warm-up
-            warmup = max(1, int((0.0 if ratio is None else ratio) * total))
-            self.lr_scheduler = LambdaLR(self.optimizer, warmup_cosine(total, warmup))
+            factor = warmup_cosine(total, max(1, int((0.0 if ratio is None else ratio) * total)))
+            self.lr_scheduler = LambdaLR(self.optimizer, factor)
+            resumed = getattr(self, "resumed_lr_scheduler", None)
+            if resumed is not None:
+                self.lr_scheduler.load_state_dict(resumed)
+                step = self.lr_scheduler.last_epoch
+                for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
+                    group["lr"] = base * factor(step)
             hook = self.optimizer.register_step_post_hook(lambda *_: self.lr_scheduler.step())
         try:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
