@@ -72,11 +72,22 @@ EVALUATION_KEYS = (
     "show_progress",
     "state",
     "use_kernels",
+    "mask_history_items",
 )
 
 #: what ``--resume_from`` may change: how long and where the run goes on (``epochs`` re-plans
 #: the learning-rate schedule over the new total)
-RESUME_KEYS = EVALUATION_KEYS[3:] + ("epochs", "stopping_step", "time_budget_s")
+RESUME_KEYS = (
+    "eval_batch_size",
+    "data_path",
+    "gpu_id",
+    "show_progress",
+    "state",
+    "use_kernels",
+    "epochs",
+    "stopping_step",
+    "time_budget_s",
+)
 
 
 # -- the config as plain data ----------------------------------------------------------------

@@ -99,6 +99,7 @@ _COMMON = {
     "max_windows_per_user": Key(int, minimum=0),
     "eval_tokens_per_pass": _positive_int(),
     "use_kernels": Key(bool),
+    "mask_history_items": Key(bool),
     "lr_scheduler": Key(str, choices=LR_SCHEDULERS),
     "warmup_ratio": Key(
         float, minimum=0, maximum=1, none="no warm-up (read with lr_scheduler: cosine only)"
@@ -191,23 +192,27 @@ MODEL_KEYS = {
     },
 }
 
-#: RecBole's own models: size keys checked when set (their models have no default for a None)
+#: RecBole's own models: size keys checked when set (their models have no default for a None),
+#: and the evaluation option overall.yaml sets for every model
 RECBOLE_MODEL_KEYS = {
-    key: _positive_int(none="unused by the model")
-    for key in (
-        "hidden_size",
-        "n_layers",
-        "n_heads",
-        "head_size",
-        "d_state",
-        "expand",
-        "d_conv",
-        "chunk_size",
-        "ffn_inner_size",
-        "inner_size",
-        "train_batch_size",
-        "eval_batch_size",
-    )
+    "mask_history_items": Key(bool),
+    **{
+        key: _positive_int(none="unused by the model")
+        for key in (
+            "hidden_size",
+            "n_layers",
+            "n_heads",
+            "head_size",
+            "d_state",
+            "expand",
+            "d_conv",
+            "chunk_size",
+            "ffn_inner_size",
+            "inner_size",
+            "train_batch_size",
+            "eval_batch_size",
+        )
+    },
 }
 
 #: where ``hidden_size`` must be divisible by ``n_heads``: the keys that, when set, lift it

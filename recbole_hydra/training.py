@@ -33,7 +33,7 @@ from recbole_hydra.config import check_dataset, make_config
 from recbole_hydra.errors import TrainingInterrupted, UsageError
 from recbole_hydra.layers import kernels
 from recbole_hydra.registry import build_model, create_dataset, get_trainer
-from recbole_hydra.trainer import record_history
+from recbole_hydra.trainer import mask_history, record_history
 
 
 def run(
@@ -107,7 +107,7 @@ def _train_and_test(config, saved, epoch_callback, resume_from):
     logger.info(model)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    trainer = get_trainer(config)(config, model)
+    trainer = mask_history(get_trainer(config)(config, model))
     checkpoint.prepare_trainer(trainer, fingerprint, train_data)
     if resume_from is not None:
         trainer.resume_checkpoint(resume_from)
@@ -160,7 +160,7 @@ def evaluate_checkpoint(model_file, config_dict=None, trust=False, show_progress
     )
     if show_progress is None:
         show_progress = config["show_progress"]
-    trainer = get_trainer(config)(config, model)
+    trainer = mask_history(get_trainer(config)(config, model))
     with kernels.use(config["use_kernels"] is not False):
         valid_result = trainer.evaluate(
             valid_data, load_best_model=False, show_progress=show_progress
