@@ -11,7 +11,8 @@
     python run_hydra.py --nproc=2                         # DDP: gloo on the CPU, NCCL on GPUs
 
 Flags are RecBole's: ``--model``, ``--dataset``, ``--config_files`` and any ``--key=value``
-config override. Bad input ends in one line on stderr and exit status 2.
+config override. Bad input ends in one line on stderr and exit status 2. The same command line is
+``recbole-hydra`` and ``python -m recbole_hydra`` where the package is installed.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import os
 import sys
 
 from recbole_hydra import compat
-from recbole_hydra.errors import UsageError
+from recbole_hydra.errors import UsageError, command, program
 from recbole_hydra.serving import recommend
 from recbole_hydra.training import evaluate_checkpoint, results_table, run
 from recbole_hydra.tune import search
@@ -28,7 +29,9 @@ from recbole_hydra.tune import search
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program(),
+        description=__doc__.replace("python run_hydra.py", command()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", "-m", default="Hydra", help="plugin or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
@@ -110,7 +113,7 @@ def print_search(summary, out=sys.stdout):
     if summary["unfinished"]:
         out.write(
             f"unfinished trials: {summary['unfinished']}; continue the search with: "
-            f"python run_hydra.py --tune --resume={summary['experiment_dir']}\n"
+            f"{command()} --tune --resume={summary['experiment_dir']}\n"
         )
 
 
@@ -150,7 +153,7 @@ def main(argv=None):
             print_search(summary)
             if summary["best"] is None and not summary["unfinished"]:
                 first = next((r["error"] for r in summary["rows"] if r["error"]), "")
-                sys.stderr.write(f"run_hydra.py: error: no trial finished an epoch; {first}\n")
+                sys.stderr.write(f"{program()}: error: no trial finished an epoch; {first}\n")
             return 0 if summary["best"] is not None and not summary["unfinished"] else 1
         if args.resume or args.params_file:
             raise UsageError("--params_file and --resume go with --tune")
@@ -175,13 +178,13 @@ def main(argv=None):
                 )
                 return 0
     except (UsageError, FileNotFoundError) as err:
-        sys.stderr.write(f"run_hydra.py: error: {err}\n")
+        sys.stderr.write(f"{program()}: error: {err}\n")
         return 2
     except ValueError as err:
         # Impossible configurations detected by the models (e.g. hidden_size vs n_heads).
         if os.environ.get("RECBOLE_HYDRA_DEBUG"):
             raise
-        sys.stderr.write(f"run_hydra.py: error: {err}\n")
+        sys.stderr.write(f"{program()}: error: {err}\n")
         return 2
     print_results(result)
     return 0
