@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from recbole_hydra.checkpoint import load_data_and_model
+from recbole_hydra.config import PROPERTIES
 from recbole_hydra.quick_start import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def train(args):
             config[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             config[key] = value
-    files = [str(REPO / "properties" / "HydraLLM-ml-100k.yaml")] if args.variant != "id" else None
+    files = [str(PROPERTIES / "HydraLLM-ml-100k.yaml")] if args.variant != "id" else None
     t0 = time.perf_counter()
     result = run("Hydra", "ml-100k", config_file_list=files, config_dict=config)
     record = {

@@ -22,6 +22,7 @@ from recbole.config import Config
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_hydra.checkpoint import ItemCountDataset
+from recbole_hydra.config import PROPERTIES
 from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.serving import StreamingRecommender
 
@@ -46,8 +47,8 @@ def hydra_model():
         model=Hydra,
         dataset="ml-100k",
         config_file_list=[
-            str(REPO / "properties" / "overall.yaml"),
-            str(REPO / "properties" / "Hydra.yaml"),
+            str(PROPERTIES / "overall.yaml"),
+            str(PROPERTIES / "Hydra.yaml"),
         ],
     )
     return Hydra(config, ItemCountDataset(N_ITEMS)).eval()

@@ -14,7 +14,8 @@
 
 Flags are RecBole's: ``--model``, ``--dataset``, ``--config_files`` and any ``--key=value``
 config override. Bad input ends in one line on stderr and exit status 2; Ctrl-C during
-training in one line naming the checkpoint to resume from, exit status 130.
+training in one line naming the checkpoint to resume from, exit status 130. The same command line
+is ``recbole-hydra`` and ``python -m recbole_hydra`` where the package is installed.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import os
 import sys
 
 from recbole_hydra import compat
-from recbole_hydra.errors import TrainingInterrupted, UsageError
+from recbole_hydra.errors import TrainingInterrupted, UsageError, command, program
 from recbole_hydra.serving import recommend
 from recbole_hydra.training import evaluate_checkpoint, results_table, resume, run
 from recbole_hydra.tune import search
@@ -31,7 +32,9 @@ from recbole_hydra.tune import search
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program(),
+        description=__doc__.replace("python run_hydra.py", command()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", "-m", default="Hydra", help="plugin or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
@@ -126,17 +129,17 @@ def print_search(summary, out=None):
     if summary["unfinished"]:
         out.write(
             f"unfinished trials: {summary['unfinished']}; continue the search with: "
-            f"python run_hydra.py --tune --resume={summary['experiment_dir']}\n"
+            f"{command()} --tune --resume={summary['experiment_dir']}\n"
         )
 
 
 def interrupted_line(stop):
     if stop.checkpoint is None:
-        return "run_hydra.py: interrupted before a checkpoint was written: nothing to resume\n"
+        return f"{program()}: interrupted before a checkpoint was written: nothing to resume\n"
     epoch = f" (after epoch {stop.epoch})" if stop.epoch is not None and stop.epoch >= 0 else ""
     return (
-        f"run_hydra.py: interrupted; the last good checkpoint is {stop.checkpoint}{epoch}: "
-        f"continue with run_hydra.py --resume_from={stop.checkpoint}\n"
+        f"{program()}: interrupted; the last good checkpoint is {stop.checkpoint}{epoch}: "
+        f"continue with {command()} --resume_from={stop.checkpoint}\n"
     )
 
 
@@ -182,7 +185,7 @@ def main(argv=None):
             print_search(summary)
             if summary["best"] is None and not summary["unfinished"]:
                 first = next((r["error"] for r in summary["rows"] if r["error"]), "")
-                sys.stderr.write(f"run_hydra.py: error: no trial finished an epoch; {first}\n")
+                sys.stderr.write(f"{program()}: error: no trial finished an epoch; {first}\n")
             return 0 if summary["best"] is not None and not summary["unfinished"] else 1
         if args.resume or args.params_file:
             raise UsageError("--params_file and --resume go with --tune")
@@ -216,16 +219,16 @@ def main(argv=None):
         sys.stderr.write(interrupted_line(stop))
         return 130
     except KeyboardInterrupt:
-        sys.stderr.write("run_hydra.py: interrupted\n")
+        sys.stderr.write(f"{program()}: interrupted\n")
         return 130
     except (UsageError, FileNotFoundError) as err:
-        sys.stderr.write(f"run_hydra.py: error: {err}\n")
+        sys.stderr.write(f"{program()}: error: {err}\n")
         return 2
     except ValueError as err:
         # Impossible configurations detected by the models (e.g. hidden_size vs n_heads).
         if os.environ.get("RECBOLE_HYDRA_DEBUG"):
             raise
-        sys.stderr.write(f"run_hydra.py: error: {err}\n")
+        sys.stderr.write(f"{program()}: error: {err}\n")
         return 2
     print_results(result)
     return 0

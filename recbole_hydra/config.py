@@ -19,7 +19,8 @@ from recbole_hydra.data.multidomain import domain_sources
 from recbole_hydra.errors import UsageError
 from recbole_hydra.registry import get_model
 
-PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
+#: the package's yaml files (shipped in the wheel; ``properties/`` in a checkout links here)
+PROPERTIES = Path(__file__).resolve().parent / "properties"
 
 #: RecBole 1.2.1's default ``train_neg_sample_args``, which ``properties/overall.yaml`` turns off
 #: (the models here sample their own negatives, and RecBole refuses CE models with it on).

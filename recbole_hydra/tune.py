@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from recbole_hydra.config import PROPERTIES, make_config
-from recbole_hydra.errors import UsageError
+from recbole_hydra.errors import UsageError, command
 from recbole_hydra.training import evaluate_checkpoint, results_table, run
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
@@ -108,7 +108,8 @@ def default_params_file(model):
 
 def read_params_file(path):
     if not path:
-        raise UsageError("--tune needs --params_file=FILE (e.g. properties/tune/hydra.hyper)")
+        example = PROPERTIES / "tune" / "hydra.hyper"
+        raise UsageError(f"--tune needs --params_file=FILE (e.g. {example})")
     if not os.path.isfile(path):
         raise UsageError(f"params file {path} does not exist")
     return parse_params(Path(path).read_text(encoding="utf-8"), source=str(path))
@@ -560,7 +561,7 @@ def best_yaml(best, base, n_trials, experiment_dir):
     head = (
         f"# Best of {n_trials} trials of {experiment_dir.name} (trial {best['trial']}, "
         f"valid {base['valid_metric']} {best['best_valid']:.4f}).\n"
-        f"# python run_hydra.py --model={base['model']} --dataset={base['dataset']} "
+        f"# {command()} --model={base['model']} --dataset={base['dataset']} "
         f'--config_files="{files}"\n'
     )
     tuned = {k: _plain(v) for k, v in best["params"].items()}

@@ -411,8 +411,11 @@ def test_missing_dataset_hint(tmp_path):
 
 
 def test_every_dataset_has_properties():
-    props = Path(amazon2023.__file__).resolve().parents[2] / "properties" / "dataset"
     import yaml
+
+    from recbole_hydra.config import PROPERTIES
+
+    props = PROPERTIES / "dataset"
 
     for name in amazon2023.DATASETS:
         config = yaml.safe_load((props / f"{name}.yaml").read_text())

@@ -1,4 +1,5 @@
-"""run_hydra.py: bad input ends in one clear line on stderr and exit status 2."""
+"""run_hydra.py: bad input ends in one clear line on stderr and exit status 2, which names the
+program that ran (run_hydra.py, recbole-hydra or python -m recbole_hydra)."""
 
 import subprocess
 import sys
@@ -28,7 +29,30 @@ def test_unknown_model_from_the_command_line(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert errors == [errors[0]] and "unknown model 'NoSuchModel'" in errors[0]
+    assert errors[0].startswith("run_hydra.py: error: ")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv0,prog,command",
+    [
+        ("/venv/bin/recbole-hydra", "recbole-hydra", "recbole-hydra"),
+        ("/site/recbole_hydra/__main__.py", "python -m recbole_hydra", "python -m recbole_hydra"),
+        ("run_hydra.py", "run_hydra.py", "python run_hydra.py"),
+        ("../repo/run_hydra.py", "run_hydra.py", "python run_hydra.py"),
+    ],
+)
+def test_messages_name_the_program_that_ran(monkeypatch, capsys, argv0, prog, command):
+    from recbole_hydra import errors
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert errors.program() == prog and errors.command() == command
+    with pytest.raises(SystemExit):
+        run_hydra.main(["--help"])
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: {prog} ") and f"    {command} --model=SASRec" in shown
+    code, err = run_main(capsys, "--checkpoint=none.pth")
+    assert code == 2 and err == [f"{prog}: error: checkpoint none.pth does not exist"]
 
 
 @pytest.fixture

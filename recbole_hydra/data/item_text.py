@@ -44,11 +44,14 @@ def item_texts(dataset, fields, prompt):
     available = [f for f in (item_feat.columns if item_feat is not None else []) if f != iid]
     if not available:
         where = os.path.join(getattr(dataset, "dataset_path", "") or "", f"{name}.item")
+        # the package's example (``properties/`` in a checkout is the same file)
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        example = os.path.join(package, "properties", "HydraLLM-ml-100k.yaml")
         raise UsageError(
             f"item_model: llm reads item text from {where}, but no item features were loaded: "
             f"list its columns in load_col, e.g. load_col: {{inter: [user_id, item_id, timestamp], "
             f"item: [item_id, movie_title, release_year, class]}} (see "
-            f"properties/HydraLLM-ml-100k.yaml), and make sure that file exists"
+            f"{example}), and make sure that file exists"
         )
     if fields is None:
         fields = available

@@ -1,0 +1,259 @@
+"""The leaderboard: every model trained to convergence under one protocol, 3 seeds, both metrics.
+
+    python benchmarks/leaderboard.py --dataset ml-1m --length 200 [--models Hydra,HSTU,...]
+        [--seeds 3] [--set key=value ...] [--report-only]
+
+Each (model, seed) trains in a fresh process with the model's own yaml (its learning-rate
+schedule over its ``epochs``, early stopping on valid NDCG@10 with its ``stopping_step``; no
+wall-clock budget), at ``MAX_ITEM_LIST_LENGTH = --length``, seed 2020 + i. The best checkpoint is
+then tested twice: RecBole's protocol (the user's history ranked too) and with the history masked
+(``mask_history_items: True``, as HSTU, HLLM and gSASRec publish). Training validates on the
+unmasked protocol for every model alike.
+
+Resumable: each finished run is stored as ``benchmarks/results/leaderboard/<dataset>-<length>/
+<model>-seed<seed>.json`` and skipped when the command runs again; a run cut short (Ctrl-C, a
+killed process) continues from its checkpoint (``--resume_from``) in ``--workdir``. The report,
+``benchmarks/results/leaderboard-<dataset>-<length>.md/.json/.png``, is rewritten from every
+stored run after each one, and holds the published anchors in their own rows.
+
+Models (``VARIANTS``): Hydra; HSTU with the package default ``time_query: current`` and the
+reference's ``next``; SASRec's architecture trained generatively with full-softmax CE
+(``SASRec+``, Klenitskiy & Vasilev 2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec
+trained generatively; RecBole's own SASRec as its users run it (one example per prefix).
+"""
+
+import argparse
+import ast
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import harness  # benchmarks/harness.py
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("ndcg", "recall")]
+
+#: leaderboard name -> (model, config overrides)
+VARIANTS = {
+    "Hydra": ("Hydra", {}),
+    "HSTU": ("HSTU", {}),
+    "HSTU-next": ("HSTU", {"time_query": "next"}),
+    "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
+    "SASRecGen": ("SASRecGen", {}),
+    "Mamba4Rec-gen": ("Mamba4Rec", {"train_mode": "generative"}),
+    "SASRec": ("SASRec", {}),
+}
+
+#: published full-ranking anchors at length 200 (NDCG@10, Recall@10, protocol, source)
+ANCHORS = {
+    "ml-1m": [
+        ("HSTU-large", 0.1893, 0.3294, "masked", "meta-recsys/generative-recommenders README"),
+        ("HSTU", 0.1720, 0.3097, "masked", "meta-recsys/generative-recommenders README"),
+        ("SASRec (sampled softmax)", 0.1603, 0.2853, "masked", "generative-recommenders README"),
+        ("SASRec+ (full CE)", 0.1821, 0.3152, "masked", "Klenitskiy & Vasilev, RecSys 2023"),
+        ("SASRec (3000 negatives)", 0.1857, 0.3159, "masked", "Klenitskiy & Vasilev, RecSys 2023"),
+        ("gSASRec", 0.1726, 0.3003, "masked", "Petrov & Macdonald, RecSys 2023"),
+        ("Mamba4Rec", 0.1822, 0.3121, "unmasked", "Mamba4Rec paper (RecBole evaluator)"),
+    ]
+}
+
+
+def worker(spec):
+    """One run in this process: train (or resume), test both ways, hand back the figures."""
+    import time
+
+    from recbole_hydra.quick_start import evaluate_checkpoint, resume, run
+
+    saved = Path(spec["config"]["checkpoint_dir"])
+    start = time.perf_counter()
+    if saved.is_dir() and any(saved.glob("*.pth")):
+        result = resume(str(saved), {"show_progress": False})
+    else:
+        result = run(spec["model"], spec["dataset"], config_dict=spec["config"])
+    train_wall = time.perf_counter() - start
+    tests = {}
+    for name, mask in (("unmasked", False), ("masked", True)):
+        t0 = time.perf_counter()
+        again = evaluate_checkpoint(result["model_file"], {"mask_history_items": mask})
+        tests[name] = {
+            "test": dict(again["test_result"]),
+            "valid": dict(again["best_valid_result"]),
+            "eval_s": time.perf_counter() - t0,
+        }
+    history = result["history"]
+    scores = [h.get("valid_score", float("-inf")) for h in history]
+    harness.emit(
+        {
+            "n_params": result["n_params"],
+            "epochs": result["epochs"],
+            "best_epoch": scores.index(max(scores)) + 1 if scores else None,
+            "train_s_per_epoch": statistics.median(h["train_s"] for h in history)
+            if history
+            else None,
+            "train_wall_s": train_wall,
+            "peak_rss_mb": harness.peak_rss_mb(),
+            "model_file": result["model_file"],
+            **tests,
+        }
+    )
+
+
+def run_missing(args, overrides, store):
+    """Every (model, seed) not yet stored, one at a time, each in a fresh process."""
+    workdir = Path(args.workdir).resolve()
+    for variant in args.models:
+        model, variant_config = VARIANTS[variant]
+        for seed in range(2020, 2020 + args.seeds):
+            out = store / f"{variant}-seed{seed}.json"
+            if out.exists():
+                continue
+            run_dir = workdir / f"{args.dataset}-{args.length}" / f"{variant}-seed{seed}"
+            config = {
+                "seed": seed,
+                "MAX_ITEM_LIST_LENGTH": args.length,
+                "show_progress": False,
+                "data_path": os.path.abspath(args.data_path),
+                "checkpoint_dir": str(run_dir / "saved"),
+                **variant_config,
+                **overrides,
+            }
+            spec = {"model": model, "dataset": args.dataset, "config": config}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = run_dir / "stderr.log"
+            print(f"{variant} seed {seed}: training (log {log})", flush=True)
+            done = harness.run_fresh(
+                [os.path.abspath(__file__), "--worker", json.dumps(spec)],
+                cwd=run_dir,
+                stderr_path=log,
+            )
+            if not done.ok:
+                print(f"{variant} seed {seed}: failed ({done.error()}); see {log}", flush=True)
+                continue
+            record = {"variant": variant, "model": model, "seed": seed, "config": config}
+            record.update(done.result, wall_s=done.wall_s)
+            record.update(command=harness.command(), hardware=harness.machine())
+            out.write_text(json.dumps(record, indent=1))
+            ndcg = record["unmasked"]["test"]["ndcg@10"], record["masked"]["test"]["ndcg@10"]
+            print(f"{variant} seed {seed}: test NDCG@10 {ndcg[0]:.4f} / masked {ndcg[1]:.4f}")
+            write_report(args, store)
+
+
+def mean_std(values):
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def write_report(args, store):
+    runs = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
+    by_variant = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    name = f"leaderboard-{args.dataset}-{args.length}"
+    lines = harness.header(
+        f"Leaderboard: {args.dataset}, length {args.length}",
+        harness.command(),
+        runs[0]["hardware"] if runs else harness.machine(),
+        "Protocol: RecBole leave-one-out (order TO), full ranking over all items; early stopping "
+        "on unmasked valid NDCG@10; test unmasked (RecBole) and masked (history items -inf, the "
+        "target kept). Seeds 2020.. (n per row). Timings: 2 threads, not paired.",
+    )
+    for protocol in ("masked", "unmasked"):
+        lines += [f"## Test, {protocol}", ""]
+        rows = []
+        for variant, group in by_variant.items():
+            cells = [mean_std([r[protocol]["test"][m] for r in group]) for m in METRICS]
+            rows.append([variant, len(group), *cells])
+        lines += harness.table(["model", "n", *METRICS], rows, "lr" + "r" * len(METRICS)) + [""]
+    lines += ["## Cost", ""]
+    rows = []
+    for variant, group in by_variant.items():
+        rows.append(
+            [
+                variant,
+                group[0]["n_params"],
+                f"{statistics.median(r['train_s_per_epoch'] for r in group):.1f}",
+                "/".join(str(r["best_epoch"]) for r in group),
+                "/".join(str(r["epochs"]) for r in group),
+                f"{statistics.median(r['wall_s'] for r in group) / 60:.1f}",
+                f"{max(r['peak_rss_mb'] for r in group):.0f}",
+            ]
+        )
+    head = ["model", "params", "s/epoch", "best epoch", "epochs run", "wall min", "peak RSS MB"]
+    lines += harness.table(head, rows, "lrrrrrr") + [""]
+    anchors = ANCHORS.get(args.dataset) if args.length == 200 else None
+    if anchors:
+        lines += ["## Published anchors (length 200; their datasets differ slightly)", ""]
+        rows = [[n, f"{nd:.4f}", f"{hr:.4f}", p, src] for n, nd, hr, p, src in anchors]
+        lines += harness.table(["model", "NDCG@10", "Recall@10", "protocol", "source"], rows)
+    harness.write_report(args.out / f"{name}.md", lines)
+    (args.out / f"{name}.json").write_text(json.dumps(runs, indent=1))
+    if runs:
+        plot(by_variant, anchors, args.out / f"{name}.png", args)
+
+
+def plot(by_variant, anchors, path, args):
+    plt = harness.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    names = list(by_variant)
+    for offset, protocol in ((-0.2, "unmasked"), (0.2, "masked")):
+        means, stds = [], []
+        for v in names:
+            values = [r[protocol]["test"]["ndcg@10"] for r in by_variant[v]]
+            means.append(statistics.mean(values))
+            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        xs = [i + offset for i in range(len(names))]
+        ax.bar(xs, means, width=0.4, yerr=stds, capsize=3, label=f"test NDCG@10, {protocol}")
+    for name, ndcg, _, protocol, _ in anchors or []:
+        style = "--" if protocol == "masked" else ":"
+        ax.axhline(ndcg, linestyle=style, linewidth=0.8, color="grey")
+        ax.text(len(names) - 0.5, ndcg, f" {name} ({protocol})", fontsize=7, va="center")
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title(f"{args.dataset}, length {args.length}: mean +- std over seeds")
+    ax.legend(loc="lower left", fontsize=8)
+    harness.save_png(fig, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--length", type=int, default=200, help="MAX_ITEM_LIST_LENGTH")
+    parser.add_argument("--models", default=",".join(VARIANTS), help="comma-separated VARIANTS")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data_path", default=str(REPO / "dataset"))
+    parser.add_argument("--workdir", default=str(REPO / "saved" / "leaderboard"))
+    parser.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results"), help="where results are written"
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report only")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in args.models if m not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}: one of {', '.join(VARIANTS)}")
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    args.out = Path(args.out)
+    store = args.out / "leaderboard" / f"{args.dataset}-{args.length}"
+    store.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_missing(args, overrides, store)
+    write_report(args, store)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
