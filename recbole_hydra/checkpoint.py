@@ -45,6 +45,7 @@ import pickle
 import random
 import secrets
 import socket
+import sys
 import warnings
 import zipfile
 
@@ -583,9 +584,14 @@ def main(argv=None):
         "--trust_checkpoint", action="store_true", help="also read a pickled RecBole checkpoint"
     )
     args = parser.parse_args(argv)
-    table = export_llm_checkpoint(args.checkpoint, args.out, args.table, args.trust_checkpoint)
+    try:
+        table = export_llm_checkpoint(args.checkpoint, args.out, args.table, args.trust_checkpoint)
+    except UsageError as err:
+        sys.stderr.write(f"{parser.prog}: error: {err}\n")
+        return 2
     print(f"wrote {args.out} ({table.shape[0]} items x {table.shape[1]})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -99,6 +99,8 @@ def test_a_crafted_checkpoint_runs_nothing_on_any_load_path(crafted, capsys):
     for argv in ([f"--checkpoint={path}"], ["--recommend", f"--checkpoint={path}", "--users=1"]):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and len(err) == 1 and "can run code stored in it" in err[0], err
+    assert checkpoint.main([str(path), str(path.with_name("out.pth"))]) == 2
+    assert "can run code stored in it" in capsys.readouterr().err
     assert not marker.exists()
     # the payload is real: a caller who trusts the file gets it evaluated, and the file planted
     read_checkpoint(path, trust=True)
