@@ -95,14 +95,34 @@ def parse_args(argv):
     ddp.add_argument(
         "--group_offset", type=int, default=0, help="global rank of this machine's first process"
     )
+    _refuse_repeated_flags(argv)
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
         key, sep, value = arg[2:].partition("=")
         if not arg.startswith("--") or not sep or not key:
-            parser.error(f"unrecognised argument {arg!r}: config overrides look like --key=value")
+            raise UsageError(
+                f"unrecognised argument {arg!r}: config overrides look like --key=value"
+            )
         overrides[key] = _parse_value(value)
     return args, overrides
+
+
+def _refuse_repeated_flags(argv):
+    # Which of two values was meant is a guess (argparse and RecBole disagree): ask for one.
+    seen = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].partition("=")[0]
+        elif arg[:2] in ("-m", "-d"):
+            name = {"-m": "model", "-d": "dataset"}[arg[:2]]
+        else:
+            continue  # a value
+        if not name:
+            continue  # "--": the end of the options
+        if name in seen:
+            raise UsageError(f"--{name} is given twice: give it once")
+        seen.add(name)
 
 
 def _parse_value(value):
@@ -144,9 +164,9 @@ def interrupted_line(stop):
 
 
 def main(argv=None):
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     compat.quiet_known_warnings()
     try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         if args.recommend:
             if not args.checkpoint or not args.users:
                 raise UsageError("--recommend needs --checkpoint=PATH and --users=U1,U2,...")

@@ -106,6 +106,7 @@ _COMMON = {
     ),
     "train_batch_size": _positive_int(),
     "eval_batch_size": _positive_int(),
+    "epochs": _positive_int(),
 }
 
 _ITEM_LLM = {
@@ -211,6 +212,7 @@ RECBOLE_MODEL_KEYS = {
             "inner_size",
             "train_batch_size",
             "eval_batch_size",
+            "epochs",
         )
     },
 }

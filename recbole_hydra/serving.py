@@ -155,19 +155,22 @@ class StreamingRecommender:
         return scores.topk(k, dim=-1)
 
 
-def recommend(checkpoint, users, k=10, replay=0, out=None, trust=False):
+def recommend(checkpoint, users, k=10, replay=0, out=None, err=None, trust=False):
     """Print top-``k`` item tokens for user tokens ``users`` from a Hydra checkpoint.
 
     A user's history is what RecBole's test split holds for them (the newest
     ``MAX_ITEM_LIST_LENGTH`` items and the test item); already-seen items are not recommended.
     ``replay > 0`` starts from the history without its last ``replay`` events and feeds those
-    one at a time, printing the top-k after each: the O(1) update in action.
+    one at a time, printing the top-k after each: the O(1) update in action. A user whose
+    history is too short for ``replay`` replays all but its first event, with a warning line on
+    ``err`` (stderr) saying so; the users after it replay ``replay`` events as asked.
     """
     import sys
 
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay must be a non-negative integer, got {replay!r}")
     out = out or sys.stdout
+    err = err or sys.stderr
     config, model, dataset, _, _, test = load_data_and_model(checkpoint, trust=trust)
     if not isinstance(model, Hydra):
         raise UsageError(
@@ -192,6 +195,12 @@ def recommend(checkpoint, users, k=10, replay=0, out=None, trust=False):
             int(row[iid_field][0])
         ]
         n_replay = min(replay, len(history) - 1)  # this user's; a short history caps only its own
+        if n_replay < replay:
+            err.write(
+                f"warning: user {user} has {len(history)} events in its test history (at most "
+                f"MAX_ITEM_LIST_LENGTH={config['MAX_ITEM_LIST_LENGTH']} and the test item): "
+                f"replaying its last {n_replay}, not {replay}\n"
+            )
         state = streamer.init_state(history[: len(history) - n_replay])
         events = history[len(history) - n_replay :]
         for step in range(n_replay + 1):

@@ -314,6 +314,38 @@ def test_end_to_end_ml100k_with_bundled_minilm_and_export(tmp_path):
     assert again["test_result"] == result["test_result"]
 
 
+def test_item_text_fields_load_by_themselves(tmp_path, tiny_llms):
+    """Without load_col for the .item file, item_model: llm loads its columns (floats only where
+    normalize_all does not rescale them into meaningless numbers): one tiny epoch from the
+    command line, no yaml."""
+    import run_hydra
+
+    assert make_config("Hydra", "ml-100k", config_dict={"item_model": "llm"})["load_col"] == {
+        "inter": ["user_id", "item_id", "rating", "timestamp"],
+        "item": ["item_id", "movie_title", "release_year", "class"],
+    }
+    root = write_toy(tmp_path / "data")
+    inter_only = {"inter": ["user_id", "item_id", "timestamp"]}
+    config = make_config("Hydra", "toy", config_dict=quiet_config(root, item_model="llm"))
+    assert config["load_col"] == {**inter_only, "item": ["item_id", "title", "genre", "year"]}
+    rescaled = quiet_config(root, item_model="llm", normalize_all=True)
+    config = make_config("Hydra", "toy", config_dict=rescaled)
+    assert config["load_col"] == {**inter_only, "item": ["item_id", "title", "genre"]}
+    overrides = {**SMALL, "llm_path": tiny_llms["bert"], "llm_finetune": "frozen"}
+    argv = [f"--{key}={value}" for key, value in overrides.items()] + [
+        "--dataset=toy",
+        f"--data_path={root}",
+        f"--load_col={inter_only}",
+        "--epochs=1",
+        "--topk=[5]",
+        "--valid_metric=NDCG@5",
+        "--show_progress=False",
+        "--state=ERROR",
+        f"--checkpoint_dir={tmp_path / 'saved'}",
+    ]
+    assert run_hydra.main(argv) == 0
+
+
 # -- errors ----------------------------------------------------------------------------------------
 def test_missing_model_path_is_one_clear_error(tmp_path):
     with pytest.raises(UsageError, match="llm_path .*does not exist"):
@@ -329,7 +361,12 @@ def test_name_not_in_local_cache_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_dataset_without_item_text_is_one_clear_error(tmp_path, tiny_llms):
     with pytest.raises(UsageError, match="no item features were loaded.*load_col"):
-        build(tmp_path, tiny_llms["bert"], load_col={"inter": ["user_id", "item_id", "timestamp"]})
+        build(
+            tmp_path,
+            tiny_llms["bert"],
+            load_col={"inter": ["user_id", "item_id", "timestamp"]},
+            with_item_file=False,
+        )
     with pytest.raises(
         UsageError, match=r"item_text_fields \['plot'\] not among .*title, genre, year"
     ):

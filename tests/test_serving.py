@@ -171,10 +171,16 @@ def test_recommend_replays_each_users_own_events(tmp_path, capsys):
         )
         == 0
     )
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("user ")]
+    captured = capsys.readouterr()
+    lines = [l for l in captured.out.splitlines() if l.startswith("user ")]
     # u0's test row holds its 3 earlier events and the test item: 3 replayed events, 4 lines;
     # u1's holds 10 + 1: all 5 replayed, 6 lines
     assert [l.split(" ")[1] for l in lines] == ["u0"] * 4 + ["u1"] * 6
+    # not silently: one warning line for u0, none for u1
+    assert captured.err.splitlines() == [
+        "warning: user u0 has 4 events in its test history (at most MAX_ITEM_LIST_LENGTH=10 and "
+        "the test item): replaying its last 3, not 5"
+    ]
 
 
 def test_topk_needs_k_within_the_items_left(streamer):
