@@ -206,6 +206,24 @@ def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
     )
 
 
+def test_hydra_layer_under_cpu_bf16_autocast_runs_as_without_kernels(module):
+    """RecBole's ``enable_amp`` on the CPU is bfloat16 autocast: the products inside the kernels'
+    autograd functions come out in bfloat16, which the SwiGLU kernel does not take, so it steps
+    aside (found by benchmarks/gpu_check.py's dry run)."""
+    torch.manual_seed(0)
+    layer = HydraLayer(16, 2, 8, 16, d_state=8, chunk_size=4)
+    x = torch.randn(2, 9, 16)
+    results = []
+    for use_kernels in (True, False):
+        layer.zero_grad()
+        with kernels.use(use_kernels), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().sum().backward()
+        results.append([out] + [p.grad for p in layer.parameters()])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=2e-2, atol=2e-2)
+
+
 def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
     """What they exist for besides speed: backward recomputes the gates, so autograd keeps three
     fewer tensors of x's size for the norm (SiLU(z), the gated and the normalised x) and two

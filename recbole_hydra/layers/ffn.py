@@ -24,7 +24,12 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         module = kernels.cpu_kernels(x)
-        if module is not None and x.dtype == self.w_gate.weight.dtype:
+        # under CPU autocast the kernel's input, the product W x, would be bfloat16: not for it
+        if (
+            module is not None
+            and x.dtype == self.w_gate.weight.dtype
+            and not torch.is_autocast_enabled("cpu")
+        ):
             return _SwiGLUCpu.apply(
                 x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, module
             )

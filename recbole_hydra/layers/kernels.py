@@ -2,10 +2,13 @@
 
 Nothing here imports or builds anything at module import. On CUDA, ``usable(name, ...)`` loads
 the installed package's kernel once, on first use, and returns ``None`` when the package is
-missing or fails to load. On CPU, ``cpu_kernels(...)`` compiles ``recbole_hydra/csrc/*.cpp``
-once per machine with PyTorch's JIT extension builder (a C++ compiler and ninja, ~30 s the first
-time, cached under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and returns
-``None`` when that is impossible, with one warning line saying why. Callers use their PyTorch
+missing or fails to load (``IMPORT_ERRORS`` says why). mamba-ssm's Triton kernels load also from
+a mamba-ssm built without its compiled extension (``MAMBA_SKIP_CUDA_BUILD=TRUE``), whose package
+``__init__`` fails: they are imported with that ``__init__`` skipped (``WITHOUT_PACKAGE_INIT``).
+On CPU, ``cpu_kernels(...)`` compiles ``recbole_hydra/csrc/*.cpp`` once per machine with
+PyTorch's JIT extension builder (a C++ compiler and ninja, ~30 s the first time, cached under
+``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and returns ``None`` when that
+is impossible, with one warning line saying why. Callers use their PyTorch
 path on ``None``.
 
 Whether kernels are used at all is one setting of the process, not of each layer: the config
@@ -86,12 +89,58 @@ def disabled():
     return use(False)
 
 
+#: why a kernel's module could not be imported (``_module``'s path -> the error, one line)
+IMPORT_ERRORS = {}
+#: modules imported with their top-level package's ``__init__`` skipped (``_module``)
+WITHOUT_PACKAGE_INIT = set()
+# Triton kernels need nothing compiled, but mamba-ssm's ``__init__`` imports its compiled
+# extension (``selective_scan_cuda``): built with MAMBA_SKIP_CUDA_BUILD=TRUE, the package fails to
+# import while these modules would load.
+_TRITON_ONLY = ("mamba_ssm.ops.triton.",)
+
+
 @functools.lru_cache(maxsize=None)
 def _module(path: str):
     try:
         return importlib.import_module(path)
-    except Exception:  # ImportError, or an extension built for another torch/CUDA
+    except Exception as error:  # ImportError, or an extension built for another torch/CUDA
+        IMPORT_ERRORS[path] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    if path.startswith(_TRITON_ONLY):
+        module = _import_without_package_init(path)
+        if module is not None:
+            IMPORT_ERRORS.pop(path, None)
+            WITHOUT_PACKAGE_INIT.add(path)
+        return module
+    return None
+
+
+def _import_without_package_init(path: str):
+    """``path`` imported with its top-level package's ``__init__`` skipped (the package stands in
+    sys.modules as a bare package for the import only); ``None`` if that fails too."""
+    import importlib.util
+
+    top = path.split(".")[0]
+    if top in sys.modules:  # the package imported: the failure lies in the module itself
         return None
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    before = set(sys.modules)
+    bare = sys.modules[top] = importlib.util.module_from_spec(spec)  # not executed: no __init__
+    try:
+        return importlib.import_module(path)
+    except Exception as error:
+        IMPORT_ERRORS[path] += f"; without {top}'s __init__: {type(error).__name__}: {error}"
+        for name in set(sys.modules) - before:
+            if name.startswith(top + "."):
+                del sys.modules[name]
+        return None
+    finally:
+        if sys.modules.get(top) is bare:  # ``import top`` elsewhere fails as it did before
+            del sys.modules[top]
 
 
 @functools.lru_cache(maxsize=None)

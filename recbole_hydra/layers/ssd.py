@@ -74,14 +74,19 @@ class _DiagonalBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a_cum: Tensor, B: Tensor, C: Tensor, x_dt: Tensor) -> Tensor:
+        # One dtype throughout, autocast off: backward runs without autocast, and would otherwise
+        # meet the half-precision products of an autocast forward next to float32 tensors.
+        dtype = torch.promote_types(torch.promote_types(B.dtype, C.dtype), x_dt.dtype)
+        B, C, x_dt = B.to(dtype), C.to(dtype), x_dt.to(dtype)
         q = a_cum.shape[-1]
-        above = torch.ones(q, q, dtype=torch.bool, device=a_cum.device).triu(1)
-        log_decay = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # [i, j]: log decay from j to i
-        decay = log_decay.masked_fill_(above, float("-inf")).exp_().to(x_dt.dtype)  # L
-        mixer = decay * (C @ B.transpose(-1, -2)).unsqueeze(3)  # M = L o C B^T, (b,c,g,r,q,q)
-        ctx.save_for_backward(B, C, x_dt, decay, mixer)
-        ctx.a_dtype = a_cum.dtype
-        return mixer @ x_dt
+        with torch.autocast(a_cum.device.type, enabled=False):
+            above = torch.ones(q, q, dtype=torch.bool, device=a_cum.device).triu(1)
+            log_decay = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # [i, j]: log decay j to i
+            decay = log_decay.masked_fill_(above, float("-inf")).exp_().to(dtype)  # L
+            mixer = decay * (C @ B.transpose(-1, -2)).unsqueeze(3)  # M = L o C B^T (b,c,g,r,q,q)
+            ctx.save_for_backward(B, C, x_dt, decay, mixer)
+            ctx.a_dtype = a_cum.dtype
+            return mixer @ x_dt
 
     @staticmethod
     @torch.autograd.function.once_differentiable
