@@ -62,33 +62,15 @@ from recbole_hydra.registry import build_model, create_dataset, get_model
 
 FORMAT = "recbole-hydra/1"
 
+#: how a saved run is read and run, which changes neither what it learns nor how it is judged
+_HOW_IT_RUNS = ("eval_batch_size", "data_path", "gpu_id", "show_progress", "state", "use_kernels")
+
 #: what ``--checkpoint`` may change of a saved run: how it is evaluated, never what was trained
-EVALUATION_KEYS = (
-    "topk",
-    "metrics",
-    "valid_metric",
-    "eval_batch_size",
-    "data_path",
-    "gpu_id",
-    "show_progress",
-    "state",
-    "use_kernels",
-    "mask_history_items",
-)
+EVALUATION_KEYS = ("topk", "metrics", "valid_metric", *_HOW_IT_RUNS, "mask_history_items")
 
 #: what ``--resume_from`` may change: how long and where the run goes on (``epochs`` re-plans
 #: the learning-rate schedule over the new total)
-RESUME_KEYS = (
-    "eval_batch_size",
-    "data_path",
-    "gpu_id",
-    "show_progress",
-    "state",
-    "use_kernels",
-    "epochs",
-    "stopping_step",
-    "time_budget_s",
-)
+RESUME_KEYS = (*_HOW_IT_RUNS, "epochs", "stopping_step", "time_budget_s")
 
 
 # -- the config as plain data ----------------------------------------------------------------
