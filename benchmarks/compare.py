@@ -17,7 +17,6 @@ hardware and this command), ``.json`` (every run's raw result and per-epoch hist
 """
 
 import argparse
-import ast
 import json
 import os
 import shlex
@@ -292,15 +291,7 @@ def main():
         write_plot(Path(f"{stem}.png"), args, saved["runs"])
         return print(f"rewrote {stem}.md and .png")
     args.models = [m for m in args.models.split(",") if m]
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
+    overrides = harness.parse_sets(args.set, parser)
     command = harness.command()
     runs = run_all(args, overrides)
     rows = summarise(runs, args.models)

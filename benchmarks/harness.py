@@ -14,12 +14,15 @@ Scripts are run as ``python benchmarks/<script>.py``, so this file is imported a
   phase of a run can be measured alone. It counts the memory of this process image only: unlike
   ``getrusage``'s ``ru_maxrss`` it does not carry the parent's peak over fork and exec.
 - The machine: ``machine`` (CPU, cores, RAM, torch and Python versions in one line).
+- Config overrides: ``parse_sets`` reads ``--set KEY=VALUE`` flags as the package's CLI reads
+  ``--KEY=VALUE`` (a Python literal where one parses, else the string).
 - Report files: ``command`` (the exact command line), ``header`` (its Command / Hardware lines),
   ``table`` (a markdown table), ``write_report`` (writes the measured part of a results file and
   keeps its hand-written analysis, see ``ANALYSIS_MARK``), ``pyplot``, ``log_log`` and
   ``save_png`` (the figures).
 """
 
+import ast
 import contextlib
 import importlib
 import json
@@ -224,6 +227,24 @@ def _run_foreign(argv):
     usage = resource.getrusage(resource.RUSAGE_SELF)
     emit({"peak_rss_mb": peak_rss_mb(), "cpu_s": usage.ru_utime + usage.ru_stime})
     sys.exit(code)
+
+
+# ---- config overrides --------------------------------------------------------------------------
+
+
+def parse_sets(items, parser) -> dict:
+    """``["lr=0.01", "loss_type=CE"]`` -> ``{"lr": 0.01, "loss_type": "CE"}``; a malformed item
+    ends in ``parser.error`` (one line, exit 2)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
 
 
 # ---- report files ------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ rest.
 """
 
 import argparse
-import ast
 import json
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
 import numpy as np
 import torch
 
@@ -47,12 +47,7 @@ def train(args):
         "time_budget_s": args.time_budget,
         **VARIANTS[args.variant],
     }
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            config[key] = value
+    config.update(args.overrides)
     files = [str(PROPERTIES / "HydraLLM-ml-100k.yaml")] if args.variant != "id" else None
     t0 = time.perf_counter()
     result = run("Hydra", "ml-100k", config_file_list=files, config_dict=config)
@@ -158,6 +153,8 @@ def main():
     c.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "item_llm-cold.jsonl"))
     c.set_defaults(func=cold)
     args = parser.parse_args()
+    if args.command == "train":
+        args.overrides = harness.parse_sets(args.set, p)
     args.func(args)
 
 

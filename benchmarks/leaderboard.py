@@ -23,7 +23,6 @@ trained generatively; RecBole's own SASRec as its users run it (one example per 
 """
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -38,6 +37,8 @@ METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("ndcg", "recall")]
 #: leaderboard name -> (model, config overrides)
 VARIANTS = {
     "Hydra": ("Hydra", {}),
+    "Hydra-CE": ("Hydra", {"loss_type": "CE"}),
+    "Hydra-seen": ("Hydra", {"seen_item_negatives": True}),
     "HSTU": ("HSTU", {}),
     "HSTU-next": ("HSTU", {"time_query": "next"}),
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
@@ -245,13 +246,7 @@ def main(argv=None):
     unknown = [m for m in args.models if m not in VARIANTS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}: one of {', '.join(VARIANTS)}")
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
+    overrides = harness.parse_sets(args.set, parser)
     args.out = Path(args.out)
     store = args.out / "leaderboard" / f"{args.dataset}-{args.length}"
     store.mkdir(parents=True, exist_ok=True)

@@ -76,12 +76,15 @@ def make_config(model, dataset, config_file_list=None, config_dict=None):
     model_class = get_model(model)
     file_keys = {f: read_config_file(f) for f in config_file_list or []}
     with _without_command_line():
-        config = Config(
-            model=model_class,
-            dataset=dataset,
-            config_file_list=config_files(model_class.__name__, dataset, config_file_list),
-            config_dict=config_dict,
-        )
+        try:
+            config = Config(
+                model=model_class,
+                dataset=dataset,
+                config_file_list=config_files(model_class.__name__, dataset, config_file_list),
+                config_dict=config_dict,
+            )
+        except NotImplementedError as err:  # RecBole's two: an unknown or a value metric
+            raise UsageError(_metric_error(err)) from None
     warn_unknown_keys(config_dict, file_keys)
     sampling = config["train_neg_sample_args"] or {}
     pairwise = getattr(model_class, "input_type", None) == InputType.PAIRWISE
@@ -92,6 +95,20 @@ def make_config(model, dataset, config_file_list=None, config_dict=None):
     _load_item_text(config)
     check_config(config)
     return config
+
+
+def _metric_error(err):
+    if not str(err).startswith("There is no metric named"):
+        return (
+            "metrics mixes value metrics (RMSE, MAE, AUC, LogLoss ...) with full-ranking "
+            "evaluation: give ranking metrics only, e.g. --metrics=\"['Recall', 'NDCG']\""
+        )
+    name = str(err).rpartition(" ")[2].strip("'")
+    near = difflib.get_close_matches(name.lower(), list(metric_types), n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown metric {name!r} in metrics: {hint}RecBole's are " + ", ".join(
+        sorted(metric_types)
+    )
 
 
 @contextlib.contextmanager

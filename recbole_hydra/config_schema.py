@@ -96,6 +96,7 @@ _COMMON = {
     "temperature": Key(float, above=0),
     "num_negatives": Key(int, minimum=0),
     "exclude_history_negatives": Key(bool),
+    "seen_item_negatives": Key(bool),
     "max_windows_per_user": Key(int, minimum=0),
     "eval_tokens_per_pass": _positive_int(),
     "use_kernels": Key(bool),
@@ -277,6 +278,12 @@ def _check_plugin_sizes(name, config) -> None:
                 f"expand * head_size ({inner}) is not divisible by ssd_headdim "
                 f"({config['ssd_headdim']}): set ssd_headdim to a divisor of {inner}, or ~"
             )
+    if config["seen_item_negatives"] and (config["loss_type"] != "InfoNCE" or name == "HydraMD"):
+        owner = "HydraMD's per-domain loss" if name == "HydraMD" else "loss_type: CE"
+        raise UsageError(
+            f"seen_item_negatives is read by InfoNCE only, not by {owner}: "
+            "set seen_item_negatives: False"
+        )
     if config["loss_type"] == "InfoNCE" and config["num_negatives"] < 1:
         raise UsageError(
             f"loss_type: InfoNCE needs num_negatives >= 1, got {config['num_negatives']}: "

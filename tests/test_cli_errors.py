@@ -96,6 +96,14 @@ def toy(tmp_path):
         ),
         (["--dataset=toy", "--valid_metric=NDCG"], "but it has no @cut-off: set e.g."),
         (
+            ["--dataset=toy", "--metrics=['Recall', 'NDGC']"],
+            "unknown metric 'NDGC' in metrics: did you mean ndcg? RecBole's are auc,",
+        ),
+        (
+            ["--dataset=toy", "--metrics=['RMSE']", "--valid_metric=RMSE"],
+            "metrics mixes value metrics (RMSE, MAE, AUC, LogLoss ...) with full-ranking",
+        ),
+        (
             [
                 "--dataset=toy",
                 "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}",

@@ -77,6 +77,7 @@ BASE_CHECKS = [  # GenerativeSequentialRecommender's own, shared by every model
     (dict(similarity="euclid"), "similarity must be one of"),
     (dict(temperature=-1.0), "temperature must be a number > 0"),
     (dict(loss_type="InfoNCE", num_negatives=0), "InfoNCE needs num_negatives >= 1"),
+    (dict(loss_type="CE", seen_item_negatives=True), "seen_item_negatives is read by InfoNCE only"),
 ]
 HEADS_CHECK = [(dict(hidden_size=30, n_heads=4), "not divisible by n_heads")]
 
@@ -99,6 +100,7 @@ CASES = [
     Case("Hydra-layer_checkpointing", "Hydra", {**HYDRA, "layer_checkpointing": True}),
     Case("Hydra-CE-dot", "Hydra", {**HYDRA, **CE_DOT}),
     Case("Hydra-prefix", "Hydra", {**HYDRA, "train_mode": "prefix"}),
+    Case("Hydra-seen-negatives", "Hydra", {**HYDRA, "seen_item_negatives": True}),
     Case(
         "HSTU",
         "HSTU",
@@ -150,7 +152,9 @@ CASES = [
         "HydraMD",
         {**HYDRA, "n_layers": 1, "topk": [1, 5], "valid_metric": "NDCG@1"},
         multi_domain=True,
-        bad=tuple(BASE_CHECKS),
+        bad=tuple(
+            BASE_CHECKS + [(dict(seen_item_negatives=True), "not by HydraMD's per-domain loss")]
+        ),
     ),  # train_mode: test_multidomain.py
 ]
 BY_ID = {case.id: case for case in CASES}

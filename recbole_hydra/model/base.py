@@ -9,7 +9,9 @@ every position (right-padded, causal). This base turns that into RecBole's ``cal
   one-example-per-user data of ``GenerativeSequentialDataset``) or ``prefix`` (RecBole's: only the
   last position of each prefix example predicts its target).
 - ``loss_type``: ``InfoNCE`` (sampled softmax, ``num_negatives`` uniform negatives shared by the
-  batch, optionally never from the user's own sequence) or ``CE`` (softmax over all items).
+  batch, optionally never from the training window itself; with ``seen_item_negatives`` each
+  position also scores the items it has already read as negatives) or ``CE`` (softmax over all
+  items).
 - ``similarity`` (``cosine`` | ``dot``) and ``temperature``: used in training and in scoring, so
   the ranking at evaluation is the one the model was trained for.
 """
@@ -24,6 +26,7 @@ from recbole_hydra.layers.losses import (
     paired_similarity,
     sample_negatives,
     sampled_softmax_loss,
+    seen_item_logits,
     similarity_scores,
 )
 
@@ -42,6 +45,7 @@ class GenerativeSequentialRecommender(SequentialRecommender):
         self.temperature = float(config["temperature"])
         self.num_negatives = int(config["num_negatives"])
         self.exclude_history_negatives = config["exclude_history_negatives"]
+        self.seen_item_negatives = config["seen_item_negatives"]
         self.eval_tokens_per_pass = int(config["eval_tokens_per_pass"])
 
     # -- what subclasses may override -------------------------------------------------------
@@ -67,11 +71,12 @@ class GenerativeSequentialRecommender(SequentialRecommender):
         if self.train_mode == "generative":
             targets = self._next_items(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
             row, col = targets.nonzero(as_tuple=True)
-            query, target = seq_output[row, col], targets[row, col]
+            target = targets[row, col]
         else:
             row = torch.arange(item_seq.size(0), device=item_seq.device)
-            query = self.gather_indexes(seq_output, item_seq_len - 1)
+            col = item_seq_len - 1
             target = interaction[self.POS_ITEM_ID]
+        query = seq_output[row, col]
         if self.loss_type == "CE":
             return full_softmax_loss(
                 query, self._item_table(), target, self.temperature, self.similarity
@@ -80,11 +85,16 @@ class GenerativeSequentialRecommender(SequentialRecommender):
         neg_mask = target.unsqueeze(1) == negatives.unsqueeze(0)  # the positive is never a negative
         if self.exclude_history_negatives:
             neg_mask |= history_membership(negatives, item_seq)[row]
-        pos_emb, neg_emb = self._item_vectors(torch.cat([target, negatives])).split(
-            [len(target), len(negatives)]
-        )
+        ids = [target, negatives] + ([item_seq.flatten()] if self.seen_item_negatives else [])
+        pos_emb, neg_emb, *seq_emb = self._item_vectors(torch.cat(ids)).split([len(i) for i in ids])
+        row_logits = None
+        if self.seen_item_negatives:
+            seq_emb = seq_emb[0].view(*item_seq.shape, -1)
+            row_logits = seen_item_logits(
+                query, row, col, seq_emb, item_seq, target, self.temperature, self.similarity
+            )
         return sampled_softmax_loss(
-            query, pos_emb, neg_emb, self.temperature, self.similarity, neg_mask
+            query, pos_emb, neg_emb, self.temperature, self.similarity, neg_mask, row_logits
         )
 
     def predict(self, interaction):
