@@ -16,8 +16,9 @@ killed process) continues from its checkpoint (``--resume_from``) in ``--workdir
 ``benchmarks/results/leaderboard-<dataset>-<length>.md/.json/.png``, is rewritten from every
 stored run after each one, and holds the published anchors in their own rows.
 
-Models (``VARIANTS``): Hydra; HSTU with the package default ``time_query: current`` and the
-reference's ``next``; SASRec's architecture trained generatively with full-softmax CE
+Models (``VARIANTS``): Hydra, and Hydra with the two objectives that push the user's own items
+down (``Hydra-CE``: full softmax; ``Hydra-seen``: ``seen_item_negatives``); HSTU with the package
+default ``time_query: current`` and the reference's ``next``; SASRec's architecture trained generatively with full-softmax CE
 (``SASRec+``, Klenitskiy & Vasilev 2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec
 trained generatively; RecBole's own SASRec as its users run it (one example per prefix).
 """

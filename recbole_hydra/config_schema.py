@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 from recbole_hydra.data.dataset import TRAIN_MODES
 from recbole_hydra.errors import UsageError
+from recbole_hydra.layers.hydra_layer import NORM_PLACEMENTS
 from recbole_hydra.layers.item_llm import FINETUNE_MODES
 from recbole_hydra.layers.losses import SIMILARITIES
 from recbole_hydra.model.base import LOSS_TYPES
@@ -140,6 +141,9 @@ _HYDRA = {
     "hidden_dropout_prob": _PROBABILITY,
     "ffn_inner_size": _positive_int(none="hidden_size"),
     "rope_base": Key(float, above=0),
+    "rope_on_z": Key(bool),
+    "gate_with_z": Key(bool),
+    "norm_placement": Key(str, choices=NORM_PLACEMENTS),
     "layer_checkpointing": Key(bool),
     "item_model": Key(str, choices=ITEM_MODELS),
     **_ITEM_LLM,

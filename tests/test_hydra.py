@@ -4,6 +4,7 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_hydra.layers.hydra_layer import HydraLayer
 from recbole_hydra.model.hydra import Hydra
 from tests.model_helpers import build_model, random_batch
 
@@ -89,3 +90,92 @@ def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
     for g_ckpt, g in zip(grads_ckpt, grads):
         torch.testing.assert_close(g_ckpt, g, rtol=1e-10, atol=1e-12)
     assert kept_ckpt < kept / 2, (kept_ckpt, kept)
+
+
+ABLATIONS = [
+    dict(),  # the paper's layer
+    dict(rope_on_z=False),
+    dict(gate_with_z=False),
+    dict(norm="post"),
+    dict(rope_on_z=False, norm="post"),
+]
+
+
+def rms(x, norm):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+
+
+def reference_layer(layer, h, pre_norm, rope_on_z=True, gate_with_z=True, norm="pre"):
+    """Eq 5-12 written out in float64 from the layer's own weights (the latent Mamba-2 heads are
+    checked against mamba's code in test_mamba2_layers.py), with the ablations switched."""
+    silu = torch.nn.functional.silu
+    b, length, _ = h.shape
+    v, dc = layer.n_heads, layer.head_size
+    h_in = rms(h, layer.input_norm) if norm == "pre" and pre_norm else h
+    xz = silu(h_in @ layer.w_xz.weight.T)
+    x = xz[..., : v * dc]
+    y = layer.latent_mamba(x)
+    if gate_with_z:
+        z = xz[..., v * dc :].reshape(b, length, v, dc)
+        if rope_on_z:  # eq 6: channels (j, j + dc/2) of each head turned by t * 10000^(-2j/dc)
+            t = torch.arange(length, dtype=h.dtype).view(1, length, 1, 1)
+            angle = t * 10000.0 ** (-torch.arange(0, dc, 2, dtype=h.dtype) / dc)
+            first, second = z[..., : dc // 2], z[..., dc // 2 :]
+            z = torch.cat(
+                [
+                    first * angle.cos() - second * angle.sin(),
+                    first * angle.sin() + second * angle.cos(),
+                ],
+                -1,
+            )
+        y = y * z.reshape(b, length, v * dc) / v**0.5
+    y_res = y @ layer.w_out.weight.T + h
+    if norm == "post":
+        y_res = rms(y_res, layer.mixer_post_norm)
+    ffn_in = rms(y_res, layer.ffn_norm) if norm == "pre" else y_res
+    out = layer.ffn(ffn_in) + y_res
+    return rms(out, layer.ffn_post_norm) if norm == "post" else out
+
+
+@pytest.mark.parametrize("pre_norm", [True, False], ids=["pre_norm", "first_layer"])
+@pytest.mark.parametrize(
+    "ablation", ABLATIONS, ids=lambda a: "-".join(map(str, a.values())) or "paper"
+)
+def test_layer_equals_eq_5_to_12_and_its_fast_paths(ablation, pre_norm):
+    torch.manual_seed(0)
+    layer = HydraLayer(8, 2, 4, 6, pre_norm=pre_norm, d_state=5, chunk_size=4, **ablation)
+    layer = layer.double().eval()
+    for module in layer.modules():  # norms away from 1, so that a skipped norm shows
+        if hasattr(module, "weight") and module.weight is not None and module.weight.dim() == 1:
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    h = torch.randn(3, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        full = layer(h)
+        # RoPE's frequencies are kept in float32: 1e-6 rather than float64's 1e-12
+        want = reference_layer(layer, h, pre_norm, **ablation)
+        torch.testing.assert_close(full, want, rtol=1e-6, atol=1e-6)
+        lengths = torch.tensor([9, 5, 1])
+        last = layer.forward_last(h, lengths)
+        torch.testing.assert_close(last, full[torch.arange(3), lengths - 1])
+        _, cache = layer(h[:, :4], lengths=torch.full((3,), 4), return_cache=True)
+        stepped, _ = layer.step(h[:, 4], torch.full((3,), 4), cache)
+        torch.testing.assert_close(stepped, full[:, 4])
+
+
+def test_ablations_change_the_layer():
+    """Each switch is read: the same weights give another output."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 7, 8, dtype=torch.float64)
+    outputs = []
+    for ablation in ABLATIONS[:4]:
+        torch.manual_seed(1)
+        layer = HydraLayer(8, 2, 4, 6, d_state=5, chunk_size=4, **ablation).double().eval()
+        with torch.no_grad():
+            outputs.append(layer(h))
+    for i in range(1, 4):
+        assert not torch.allclose(outputs[0], outputs[i])
+
+
+def test_bad_norm_placement_is_a_clear_error():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        HydraLayer(8, 2, 4, 6, norm="sandwich", d_state=5, chunk_size=4)

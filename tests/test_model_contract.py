@@ -96,11 +96,24 @@ class Case:
 
 
 CASES = [
-    Case("Hydra", "Hydra", HYDRA, bad=tuple(BASE_CHECKS + HEADS_CHECK)),
+    Case(
+        "Hydra",
+        "Hydra",
+        HYDRA,
+        bad=tuple(
+            BASE_CHECKS
+            + HEADS_CHECK
+            + [(dict(norm_placement="sandwich"), "norm_placement must be one of pre, post")]
+        ),
+    ),
     Case("Hydra-layer_checkpointing", "Hydra", {**HYDRA, "layer_checkpointing": True}),
     Case("Hydra-CE-dot", "Hydra", {**HYDRA, **CE_DOT}),
     Case("Hydra-prefix", "Hydra", {**HYDRA, "train_mode": "prefix"}),
     Case("Hydra-seen-negatives", "Hydra", {**HYDRA, "seen_item_negatives": True}),
+    Case("Hydra-no-gate", "Hydra", {**HYDRA, "gate_with_z": False}),
+    Case(
+        "Hydra-no-rope-post-norm", "Hydra", {**HYDRA, "rope_on_z": False, "norm_placement": "post"}
+    ),
     Case(
         "HSTU",
         "HSTU",
