@@ -2,28 +2,34 @@
 
     python benchmarks/leaderboard.py --dataset ml-1m --length 200 [--models Hydra,HSTU,...]
         [--seeds 3] [--set key=value ...] [--report-only]
+    python benchmarks/leaderboard.py --suite ablations --dataset ml-1m --length 200 ...
 
-Each (model, seed) trains in a fresh process with the model's own yaml (its learning-rate
+Each (row, seed) trains in a fresh process with the model's own yaml (its learning-rate
 schedule over its ``epochs``, early stopping on valid NDCG@10 with its ``stopping_step``; no
 wall-clock budget), at ``MAX_ITEM_LIST_LENGTH = --length``, seed 2020 + i. The best checkpoint is
 then tested twice: RecBole's protocol (the user's history ranked too) and with the history masked
 (``mask_history_items: True``, as HSTU, HLLM and gSASRec publish). Training validates on the
 unmasked protocol for every model alike.
 
-Resumable: each finished run is stored as ``benchmarks/results/leaderboard/<dataset>-<length>/
-<model>-seed<seed>.json`` and skipped when the command runs again; a run cut short (Ctrl-C, a
+Resumable: each finished run is stored as ``benchmarks/results/<suite>/<dataset>-<length>/
+<row>-seed<seed>.json`` and skipped when the command runs again; a run cut short (Ctrl-C, a
 killed process) continues from its checkpoint (``--resume_from``) in ``--workdir``. The report,
-``benchmarks/results/leaderboard-<dataset>-<length>.md/.json/.png``, is rewritten from every
-stored run after each one, and holds the published anchors in their own rows.
+``benchmarks/results/<suite>-<dataset>-<length>.md/.json/.png``, is rewritten from every stored
+run after each one; the leaderboard's holds the published anchors in their own rows.
 
-Models (``VARIANTS``): Hydra, and Hydra with the two objectives that push the user's own items
-down (``Hydra-CE``: full softmax; ``Hydra-seen``: ``seen_item_negatives``); HSTU with the package
-default ``time_query: current`` and the reference's ``next``; SASRec's architecture trained generatively with full-softmax CE
-(``SASRec+``, Klenitskiy & Vasilev 2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec
-trained generatively; RecBole's own SASRec as its users run it (one example per prefix).
+Suites:
+
+- ``leaderboard`` (``VARIANTS``): Hydra, and Hydra with the two objectives that push the user's
+  own items down (``Hydra-CE``: full softmax; ``Hydra-seen``: ``seen_item_negatives``); HSTU
+  with the package default ``time_query: current`` and the reference's ``next``; SASRec's
+  architecture trained generatively with full-softmax CE (``SASRec+``, Klenitskiy & Vasilev
+  2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
+  SASRec as its users run it (one example per prefix).
+- ``ablations`` (``ABLATIONS``): the default Hydra with one part changed per row.
 """
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -47,6 +53,22 @@ VARIANTS = {
     "Mamba4Rec-gen": ("Mamba4Rec", {"train_mode": "generative"}),
     "SASRec": ("SASRec", {}),
 }
+
+#: Hydra's ablations (leaderboard issue, item 4): one part of the default Hydra changed per row,
+#: all at ``--length`` but the last two
+ABLATIONS = {
+    "Hydra": ("Hydra", {}),
+    "no-rope-on-z": ("Hydra", {"rope_on_z": False}),
+    "no-y-times-z": ("Hydra", {"gate_with_z": False}),
+    "one-mamba2": ("Hydra", {"n_heads": 1, "head_size": 64}),  # the 4 x 16 heads' total width
+    "post-norm": ("Hydra", {"norm_placement": "post"}),
+    **{f"d_state-{n}": ("Hydra", {"d_state": n}) for n in (16, 64, 128)},
+    **{f"heads-{v}": ("Hydra", {"n_heads": v}) for v in (2, 8)},
+    **{f"negatives-{k}": ("Hydra", {"num_negatives": k}) for k in (128, 2048)},
+    "length-50": ("Hydra", {"MAX_ITEM_LIST_LENGTH": 50}),
+    "whole-history": ("Hydra", {"MAX_ITEM_LIST_LENGTH": "whole"}),  # the longest user's
+}
+SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS}
 
 #: published full-ranking anchors at length 200 (NDCG@10, Recall@10, protocol, source)
 ANCHORS = {
@@ -102,16 +124,31 @@ def worker(spec):
     )
 
 
+def longest_history(args):
+    """Interactions of the dataset's most active user: the length that holds every history."""
+    from recbole_hydra.config import make_config
+
+    config = make_config("Hydra", args.dataset, config_dict={"data_path": args.data_path})
+    inter = Path(config["data_path"]) / f"{args.dataset}.inter"
+    with open(inter, encoding="utf-8") as f:
+        column = f.readline().rstrip("\n").split("\t").index(f"{config['USER_ID_FIELD']}:token")
+        counts = collections.Counter(line.split("\t")[column] for line in f)
+    return max(counts.values())
+
+
 def run_missing(args, overrides, store):
     """Every (model, seed) not yet stored, one at a time, each in a fresh process."""
     workdir = Path(args.workdir).resolve()
     for variant in args.models:
-        model, variant_config = VARIANTS[variant]
+        model, variant_config = SUITES[args.suite][variant]
+        if variant_config.get("MAX_ITEM_LIST_LENGTH") == "whole":
+            variant_config = {**variant_config, "MAX_ITEM_LIST_LENGTH": longest_history(args)}
         for seed in range(2020, 2020 + args.seeds):
             out = store / f"{variant}-seed{seed}.json"
             if out.exists():
                 continue
-            run_dir = workdir / f"{args.dataset}-{args.length}" / f"{variant}-seed{seed}"
+            run_dir = workdir / report_name(args).removeprefix("leaderboard-")
+            run_dir = run_dir / f"{variant}-seed{seed}"
             config = {
                 "seed": seed,
                 "MAX_ITEM_LIST_LENGTH": args.length,
@@ -150,12 +187,16 @@ def mean_std(values):
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
+def report_name(args):
+    return f"{args.suite}-{args.dataset}-{args.length}"
+
+
 def write_report(args, store):
     runs = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
-    name = f"leaderboard-{args.dataset}-{args.length}"
+    name = report_name(args)
     lines = harness.header(
         f"Leaderboard: {args.dataset}, length {args.length}",
         harness.command(),
@@ -188,7 +229,8 @@ def write_report(args, store):
         )
     head = ["model", "params", "s/epoch", "best epoch", "epochs run", "wall min", "peak RSS MB"]
     lines += harness.table(head, rows, "lrrrrrr") + [""]
-    anchors = ANCHORS.get(args.dataset) if args.length == 200 else None
+    published = args.suite == "leaderboard" and args.length == 200
+    anchors = ANCHORS.get(args.dataset) if published else None
     if anchors:
         lines += ["## Published anchors (length 200; their datasets differ slightly)", ""]
         rows = [[n, f"{nd:.4f}", f"{hr:.4f}", p, src] for n, nd, hr, p, src in anchors]
@@ -230,7 +272,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--length", type=int, default=200, help="MAX_ITEM_LIST_LENGTH")
-    parser.add_argument("--models", default=",".join(VARIANTS), help="comma-separated VARIANTS")
+    parser.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="leaderboard",
+        help="which rows: models or ablations",
+    )
+    parser.add_argument("--models", help="comma-separated names of the suite's rows (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data_path", default=str(REPO / "dataset"))
     parser.add_argument("--workdir", default=str(REPO / "saved" / "leaderboard"))
@@ -243,13 +291,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
-    args.models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in args.models if m not in VARIANTS]
+    rows = SUITES[args.suite]
+    args.models = [m for m in (args.models or ",".join(rows)).split(",") if m]
+    unknown = [m for m in args.models if m not in rows]
     if unknown:
-        parser.error(f"unknown model {unknown[0]!r}: one of {', '.join(VARIANTS)}")
+        parser.error(f"unknown {args.suite} row {unknown[0]!r}: one of {', '.join(rows)}")
     overrides = harness.parse_sets(args.set, parser)
     args.out = Path(args.out)
-    store = args.out / "leaderboard" / f"{args.dataset}-{args.length}"
+    store = args.out / args.suite / f"{args.dataset}-{args.length}"
     store.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_missing(args, overrides, store)
