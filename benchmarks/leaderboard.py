@@ -20,7 +20,8 @@ run after each one; the leaderboard's holds the published anchors in their own r
 Suites:
 
 - ``leaderboard`` (``VARIANTS``): Hydra, and Hydra with the two objectives that push the user's
-  own items down (``Hydra-CE``: full softmax; ``Hydra-seen``: ``seen_item_negatives``); HSTU
+  own items down (``Hydra-CE``: full softmax, ``Hydra-CE-dot``: the same over plain dot products
+  as SASRec and Mamba4Rec score; ``Hydra-seen``: ``seen_item_negatives``); HSTU
   with the package default ``time_query: current`` and the reference's ``next``; SASRec's
   architecture trained generatively with full-softmax CE (``SASRec+``, Klenitskiy & Vasilev
   2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
@@ -46,6 +47,7 @@ VARIANTS = {
     "Hydra": ("Hydra", {}),
     "Hydra-CE": ("Hydra", {"loss_type": "CE"}),
     "Hydra-seen": ("Hydra", {"seen_item_negatives": True}),
+    "Hydra-CE-dot": ("Hydra", {"loss_type": "CE", "similarity": "dot", "temperature": 1.0}),
     "HSTU": ("HSTU", {}),
     "HSTU-next": ("HSTU", {"time_query": "next"}),
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
