@@ -3,6 +3,7 @@
     python benchmarks/leaderboard.py --dataset ml-1m --length 200 [--models Hydra,HSTU,...]
         [--seeds 3] [--set key=value ...] [--report-only]
     python benchmarks/leaderboard.py --suite ablations --dataset ml-1m --length 200 ...
+    python benchmarks/leaderboard.py --tune 8 --dataset ml-1m --length 200 [--models ...]
 
 Each (row, seed) trains in a fresh process with the model's own yaml (its learning-rate
 schedule over its ``epochs``, early stopping on valid NDCG@10 with its ``stopping_step``; no
@@ -21,12 +22,22 @@ Suites:
 
 - ``leaderboard`` (``VARIANTS``): Hydra, and Hydra with the two objectives that push the user's
   own items down (``Hydra-CE``: full softmax, ``Hydra-CE-dot``: the same over plain dot products
-  as SASRec and Mamba4Rec score; ``Hydra-seen``: ``seen_item_negatives``); HSTU
+  as SASRec and Mamba4Rec score; ``Hydra-seen``: ``seen_item_negatives``), and Hydra's sampled
+  InfoNCE over dot products (``Hydra-dot``); HSTU
   with the package default ``time_query: current`` and the reference's ``next``; SASRec's
   architecture trained generatively with full-softmax CE (``SASRec+``, Klenitskiy & Vasilev
   2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
   SASRec as its users run it (one example per prefix).
 - ``ablations`` (``ABLATIONS``): the default Hydra with one part changed per row.
+
+Equal tuning (``--tune N``): each leaderboard row with a search space in ``benchmarks/spaces/
+<row>.hyper`` gets N Ray Tune trials (``recbole_hydra.tune``: ASHA on valid NDCG@10, seed 2020,
+one trial at a time on every thread), the same N for every row; the test set is never looked at.
+The best trial's keys go to ``properties/leaderboard/<dataset>-<length>/<row>.yaml`` and the
+trial table to ``benchmarks/results/tune/<dataset>-<length>/<row>.md``; from then on the suite
+has a row ``<row>-tuned`` (the row's config with those keys), trained and tested as any other.
+A row that already has its yaml is not tuned again (delete the yaml to retune); a search cut
+short resumes its unfinished trials when the command runs again.
 """
 
 import argparse
@@ -40,6 +51,7 @@ from pathlib import Path
 import harness  # benchmarks/harness.py
 
 REPO = Path(__file__).resolve().parent.parent
+SPACES = REPO / "benchmarks" / "spaces"  # <row>.hyper: each row's tuning space
 METRICS = [f"{m}@{k}" for k in (10, 50, 200) for m in ("ndcg", "recall")]
 
 #: leaderboard name -> (model, config overrides)
@@ -48,6 +60,7 @@ VARIANTS = {
     "Hydra-CE": ("Hydra", {"loss_type": "CE"}),
     "Hydra-seen": ("Hydra", {"seen_item_negatives": True}),
     "Hydra-CE-dot": ("Hydra", {"loss_type": "CE", "similarity": "dot", "temperature": 1.0}),
+    "Hydra-dot": ("Hydra", {"similarity": "dot", "temperature": 1.0}),
     "HSTU": ("HSTU", {}),
     "HSTU-next": ("HSTU", {"time_query": "next"}),
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
@@ -138,28 +151,102 @@ def longest_history(args):
     return max(counts.values())
 
 
+def base_config(args, seed, variant_config, overrides):
+    """What every run of a row is given: seed, length, data, then the row's and --set keys."""
+    if variant_config.get("MAX_ITEM_LIST_LENGTH") == "whole":
+        variant_config = {**variant_config, "MAX_ITEM_LIST_LENGTH": longest_history(args)}
+    return {
+        "seed": seed,
+        "MAX_ITEM_LIST_LENGTH": args.length,
+        "show_progress": False,
+        "data_path": os.path.abspath(args.data_path),
+        **variant_config,
+        **overrides,
+    }
+
+
+def tuned_dir(args):
+    return Path(args.tuned) / f"{args.dataset}-{args.length}"
+
+
+def suite_rows(args):
+    """The suite's rows, and for the leaderboard a ``<row>-tuned`` row per tuned yaml."""
+    import yaml
+
+    rows = dict(SUITES[args.suite])
+    if args.suite == "leaderboard":
+        for path in sorted(tuned_dir(args).glob("*.yaml")):
+            if path.stem in VARIANTS:
+                model, variant_config = VARIANTS[path.stem]
+                tuned = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                rows[f"{path.stem}-tuned"] = (model, {**variant_config, **tuned})
+    return rows
+
+
+def tune_missing(args, overrides):
+    """``--tune`` trials for every chosen row that has a space and no tuned yaml yet."""
+    import yaml
+
+    from recbole_hydra import tune
+
+    tables = args.out / "tune" / f"{args.dataset}-{args.length}"
+    for variant in args.models:
+        space, out = SPACES / f"{variant}.hyper", tuned_dir(args) / f"{variant}.yaml"
+        if variant not in VARIANTS or not space.is_file() or out.exists():
+            continue
+        model, variant_config = VARIANTS[variant]
+        tune_dir = Path(args.workdir).resolve() / "tune" / f"{args.dataset}-{args.length}" / variant
+        resume = tune_dir.is_dir() and any(tune_dir.glob("*/search.json"))
+        print(f"{variant}: {'resuming' if resume else 'starting'} {args.tune} trials in {tune_dir}")
+        summary = tune.search(
+            model,
+            args.dataset,
+            params_file=str(space),
+            config_dict=base_config(args, 2020, variant_config, overrides),
+            num_samples=args.tune,
+            cpus_per_trial=args.threads,
+            max_concurrent=1,
+            resume=resume or None,
+            tune_dir=str(tune_dir),
+        )
+        best, rows = summary["best"], summary["rows"]
+        if best is None or summary["unfinished"]:
+            print(f"{variant}: {summary['unfinished']} trials unfinished; run the command again")
+            continue
+        tables.mkdir(parents=True, exist_ok=True)
+        lines = harness.header(
+            f"Tuning {variant}: {args.dataset}, length {args.length}, {len(rows)} trials",
+            harness.command(),
+            harness.machine(threads=args.threads),
+            f"Space: `benchmarks/spaces/{space.name}`; ASHA on valid "
+            f"{summary['metric']}, seed 2020, one trial at a time; search in `{tune_dir}`.",
+        )
+        harness.write_report(tables / f"{variant}.md", lines + [summary["table_md"].read_text()])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            f"# {variant} tuned on {args.dataset} length {args.length}: best of {len(rows)} "
+            f"trials (valid {summary['metric']} {best['best_valid']:.4f}; "
+            f"benchmarks/results/tune/{tables.name}/{variant}.md)\n"
+            + yaml.safe_dump(best["params"], sort_keys=False),
+            encoding="utf-8",
+        )
+        print(f"{variant}: tuned, valid {best['best_valid']:.4f}; wrote {out}")
+
+
 def run_missing(args, overrides, store):
     """Every (model, seed) not yet stored, one at a time, each in a fresh process."""
     workdir = Path(args.workdir).resolve()
+    rows = suite_rows(args)
     for variant in args.models:
-        model, variant_config = SUITES[args.suite][variant]
-        if variant_config.get("MAX_ITEM_LIST_LENGTH") == "whole":
-            variant_config = {**variant_config, "MAX_ITEM_LIST_LENGTH": longest_history(args)}
+        model, variant_config = rows[variant]
         for seed in range(2020, 2020 + args.seeds):
             out = store / f"{variant}-seed{seed}.json"
             if out.exists():
                 continue
             run_dir = workdir / report_name(args).removeprefix("leaderboard-")
             run_dir = run_dir / f"{variant}-seed{seed}"
-            config = {
-                "seed": seed,
-                "MAX_ITEM_LIST_LENGTH": args.length,
-                "show_progress": False,
-                "data_path": os.path.abspath(args.data_path),
-                "checkpoint_dir": str(run_dir / "saved"),
-                **variant_config,
-                **overrides,
-            }
+            config = base_config(args, seed, variant_config, overrides)
+            config["checkpoint_dir"] = str(run_dir / "saved")
             spec = {"model": model, "dataset": args.dataset, "config": config}
             run_dir.mkdir(parents=True, exist_ok=True)
             log = run_dir / "stderr.log"
@@ -288,12 +375,25 @@ def main(argv=None):
         "--out", default=str(REPO / "benchmarks" / "results"), help="where results are written"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--tune", type=int, default=0, metavar="N", help="first tune each row: N trials (ASHA)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of a tuning trial")
+    parser.add_argument(
+        "--tuned",
+        default=str(REPO / "properties" / "leaderboard"),
+        help="where tuned configs are written and read",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
-    rows = SUITES[args.suite]
+    if args.tune < 0 or args.threads < 1:
+        parser.error("--tune must be >= 0 and --threads >= 1")
+    if args.tune and args.suite != "leaderboard":
+        parser.error("--tune tunes the leaderboard's rows (--suite leaderboard)")
+    rows = suite_rows(args)
     args.models = [m for m in (args.models or ",".join(rows)).split(",") if m]
     unknown = [m for m in args.models if m not in rows]
     if unknown:
@@ -302,6 +402,11 @@ def main(argv=None):
     args.out = Path(args.out)
     store = args.out / args.suite / f"{args.dataset}-{args.length}"
     store.mkdir(parents=True, exist_ok=True)
+    if args.tune and not args.report_only:
+        tune_missing(args, overrides)
+        # the rows just tuned join the suite; --models names the untuned rows to train as well
+        rows = suite_rows(args)
+        args.models += [f"{m}-tuned" for m in args.models if f"{m}-tuned" in rows]
     if not args.report_only:
         run_missing(args, overrides, store)
     write_report(args, store)
