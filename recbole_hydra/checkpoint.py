@@ -56,7 +56,7 @@ from recbole.data import data_preparation
 from recbole.evaluator import metric_types, smaller_metrics
 from recbole.utils import enum_type, get_local_time, init_logger, init_seed, set_color
 
-from recbole_hydra.config import check_config
+from recbole_hydra.config import check_config, model_yaml_defaults
 from recbole_hydra.errors import UsageError
 from recbole_hydra.registry import build_model, create_dataset, get_model
 
@@ -126,14 +126,21 @@ def config_to_plain(config):
 
 def config_from_plain(data):
     """The ``Config`` that ``config_to_plain`` wrote, without building it again (the saved values
-    are the run's, whatever the yaml files say today)."""
+    are the run's, whatever the yaml files say today).
+
+    A key that the model's yaml has and the checkpoint lacks was added to the model after the
+    checkpoint was written: it takes the yaml's value, as every such key's default is the
+    behaviour the model had before the key existed (e.g. ``norm_placement: pre``)."""
+    final_config_dict = _from_plain(data["final_config_dict"])
+    for key, value in model_yaml_defaults(data["model"]).items():
+        final_config_dict.setdefault(key, value)
     config = Config.__new__(Config)
     config.__dict__.update(
         model=data["model"],
         dataset=data["dataset"],
         model_class=get_model(data["model"]),
         parameters=_from_plain(data["parameters"]),
-        final_config_dict=_from_plain(data["final_config_dict"]),
+        final_config_dict=final_config_dict,
         file_config_dict={},
         variable_config_dict={},
         cmd_config_dict={},

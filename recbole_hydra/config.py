@@ -71,6 +71,16 @@ def config_files(model_name, dataset, config_file_list=None):
     return [str(f) for f in files if f.exists()] + list(config_file_list or [])
 
 
+def model_yaml_defaults(model_name):
+    """The keys of the package's yaml for ``model_name``, read as RecBole reads them (``{}``
+    for a model the package has no yaml for)."""
+    path = PROPERTIES / f"{model_name}.yaml"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=Config._build_yaml_loader(None)) or {}
+
+
 def make_config(model, dataset, config_file_list=None, config_dict=None):
     """The checked ``Config`` of ``model`` (a name or class) on ``dataset``."""
     model_class = get_model(model)
