@@ -56,6 +56,18 @@ def test_config_is_saved_as_plain_data_and_comes_back_equal(tmp_path, model):
     assert str(back) == str(config)
 
 
+def test_a_checkpoint_from_before_a_key_existed_loads_as_it_was_trained(saved_run, tmp_path):
+    """Keys added to Hydra after a checkpoint was written take the yaml's default, which is the
+    behaviour the model had before: the old checkpoint evaluates exactly as it did."""
+    _, _, result = saved_run
+    saved = torch.load(result["model_file"], weights_only=True)
+    for key in ("norm_placement", "rope_on_z", "gate_with_z", "seen_item_negatives"):
+        del saved["config"]["final_config_dict"][key]
+    older = tmp_path / "older.pth"
+    torch.save(saved, older)
+    assert evaluate_checkpoint(str(older))["test_result"] == result["test_result"]
+
+
 def test_the_whole_checkpoint_loads_in_torchs_safe_mode(saved_run):
     _, _, result = saved_run
     raw = torch.load(result["model_file"], weights_only=True)
@@ -197,18 +209,6 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(saved_run, tmp_pa
 
 
 # -- bound to its data -----------------------------------------------------------------------
-def test_a_checkpoint_from_before_a_key_existed_loads_as_it_was_trained(saved_run, tmp_path):
-    """Keys added to Hydra after a checkpoint was written take the yaml's default, which is the
-    behaviour the model had before: the old checkpoint evaluates exactly as it did."""
-    _, _, result = saved_run
-    saved = torch.load(result["model_file"], weights_only=True)
-    for key in ("norm_placement", "rope_on_z", "gate_with_z", "seen_item_negatives"):
-        del saved["config"]["final_config_dict"][key]
-    older = tmp_path / "older.pth"
-    torch.save(saved, older)
-    assert evaluate_checkpoint(str(older))["test_result"] == result["test_result"]
-
-
 def _copy_of_data(data, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)
