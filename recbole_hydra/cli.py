@@ -31,8 +31,10 @@ from recbole_hydra.tune import search
 
 
 def parse_args(argv):
+    # No abbreviations: "--mod=X" would be --model to argparse but a config key to a repeat check.
     parser = argparse.ArgumentParser(
         prog=program(),
+        allow_abbrev=False,
         description=__doc__.replace("python run_hydra.py", command()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -104,6 +106,9 @@ def parse_args(argv):
             raise UsageError(
                 f"unrecognised argument {arg!r}: config overrides look like --key=value"
             )
+        flags = [f for f in parser._option_string_actions if f.startswith("--" + key)]
+        if flags:
+            raise UsageError(f"--{key} is not a flag: give it in full ({', '.join(flags)})")
         overrides[key] = _parse_value(value)
     return args, overrides
 

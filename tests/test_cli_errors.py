@@ -85,6 +85,8 @@ def toy(tmp_path):
         (["--dataset=toy", "--epochs=1", "--epochs=2"], "--epochs is given twice: give it once"),
         (["--dataset=toy", "--model=Hydra", "-m", "SASRec"], "--model is given twice"),
         (["--dataset=toy", "--dataset=toy"], "--dataset is given twice"),
+        (["--dataset=toy", "--mod=SASRec"], "--mod is not a flag: give it in full (--model)"),
+        (["--dataset=toy", "--res=x.pth"], "--res is not a flag: give it in full (--resume_from,"),
         (
             ["--dataset=toy", "--topk=[5]", "--valid_metric=NDCG@10"],
             "valid_metric NDCG@10 ranks the top k items, but its cut-off 10 is not in topk [5]: "
