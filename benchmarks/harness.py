@@ -295,7 +295,11 @@ def write_report(path, lines) -> Path:
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print('the plots need matplotlib: pip install -e ".[bench]"', file=sys.stderr)
+        sys.exit(2)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
