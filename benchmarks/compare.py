@@ -276,6 +276,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    harness.pyplot()  # a missing matplotlib stops the command now, not after the runs
     if args.replot:
         stem = Path(args.replot).with_suffix("")
         saved = json.loads(Path(args.replot).read_text())

@@ -389,6 +389,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
+    harness.pyplot()  # a missing matplotlib stops the command now, not after hours of training
     if args.tune < 0 or args.threads < 1:
         parser.error("--tune must be >= 0 and --threads >= 1")
     if args.tune and args.suite != "leaderboard":

@@ -115,6 +115,7 @@ def main():
     if args.point:
         model, length, tokens, repeats = args.point
         return point(model, int(length), int(tokens), int(repeats))
+    harness.pyplot()  # a missing matplotlib stops the command now, not after the timings
     models = args.models.split(",")
     lengths = [int(n) for n in args.lengths.split(",")]
     out = Path(args.out)

@@ -453,6 +453,7 @@ def main():
     if args.point:
         harness.emit(run_point(json.loads(args.point)))
         return
+    harness.pyplot()  # a missing matplotlib stops the command now, not after the timings
 
     lengths = [64, 256] if args.quick else LENGTHS
     sweep_lengths = [256] if args.quick else SWEEP_LENGTHS

@@ -72,6 +72,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
+    harness.pyplot()  # a missing matplotlib stops the command now, not after the timings
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lengths = [int(n) for n in args.lengths.split(",")]
