@@ -26,7 +26,8 @@ Suites:
   InfoNCE over dot products (``Hydra-dot``); HSTU
   with the package default ``time_query: current`` and the reference's ``next``; SASRec's
   architecture trained generatively with full-softmax CE (``SASRec+``, Klenitskiy & Vasilev
-  2023) and with sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
+  2023; ``SASRec+-dot``: over dot products as they score, Hydra-CE-dot's objective) and with
+  sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
   SASRec as its users run it (one example per prefix).
 - ``ablations`` (``ABLATIONS``): the default Hydra with one part changed per row.
 
@@ -64,6 +65,7 @@ VARIANTS = {
     "HSTU": ("HSTU", {}),
     "HSTU-next": ("HSTU", {"time_query": "next"}),
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
+    "SASRec+-dot": ("SASRecGen", {"loss_type": "CE", "similarity": "dot", "temperature": 1.0}),
     "SASRecGen": ("SASRecGen", {}),
     "Mamba4Rec-gen": ("Mamba4Rec", {"train_mode": "generative"}),
     "SASRec": ("SASRec", {}),

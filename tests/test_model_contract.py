@@ -158,6 +158,7 @@ CASES = [
             ]
         ),
     ),
+    Case("SASRecGen-CE-dot", "SASRecGen", {**SASRECGEN, **CE_DOT}, max_length_checked=True),
     # HydraMD's forward is Hydra's (item_seq, item_seq_len), so the same contract holds; its
     # batches differ (merged and per-domain sequences), hence its own data and eval batches.
     Case(
