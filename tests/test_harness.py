@@ -1,22 +1,23 @@
 """The benchmark scripts' shared helpers: what a missing optional dependency says."""
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
-
-def load_harness():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "harness.py"
-    spec = importlib.util.spec_from_file_location("benchmark_harness", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_plots_without_matplotlib_end_in_one_line_naming_the_extra(monkeypatch, capsys):
-    harness = load_harness()
+@pytest.fixture
+def script(monkeypatch):
+    """Import a ``benchmarks/`` script by name, as the scripts import each other."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
+
+
+def test_plots_without_matplotlib_end_in_one_line_naming_the_extra(script, monkeypatch, capsys):
+    harness = script("harness")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(SystemExit) as stop:
         harness.pyplot()
@@ -24,20 +25,16 @@ def test_plots_without_matplotlib_end_in_one_line_naming_the_extra(monkeypatch, 
     assert capsys.readouterr().err == 'the plots need matplotlib: pip install -e ".[bench]"\n'
 
 
-def test_plots_with_matplotlib_use_a_backend_without_a_display():
+def test_plots_with_matplotlib_use_a_backend_without_a_display(script):
     pytest.importorskip("matplotlib")
-    plt = load_harness().pyplot()
+    plt = script("harness").pyplot()
     assert plt.get_backend().lower() == "agg"
 
 
-def test_leaderboard_without_matplotlib_stops_before_it_trains(monkeypatch, capsys, tmp_path):
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location(
-        "leaderboard_script", benchmarks / "leaderboard.py"
-    )
-    leaderboard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(leaderboard)
+def test_leaderboard_without_matplotlib_stops_before_it_trains(
+    script, monkeypatch, capsys, tmp_path
+):
+    leaderboard = script("leaderboard")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     out = tmp_path / "results"
     with pytest.raises(SystemExit) as stop:
