@@ -119,7 +119,9 @@ def _train_and_test(config, saved, epoch_callback, resume_from):
     saved_states = []
 
     def save_training_state(epoch, valid_score):
-        trainer._save_checkpoint(epoch, verbose=False, resume_point=True)
+        best = getattr(trainer, "best_checkpoint", None)
+        if best is None or best["epoch"] != epoch:  # else RecBole has just saved this epoch
+            trainer._save_checkpoint(epoch, verbose=False, resume_point=True)
         saved_states.append(epoch)
 
     try:

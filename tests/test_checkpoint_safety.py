@@ -208,6 +208,22 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(saved_run, tmp_pa
     assert read_checkpoint(path)["config"]["model"] == "Hydra"
 
 
+def test_each_validated_epoch_is_written_once(tmp_path, monkeypatch):
+    writes = []
+    save = checkpoint.atomic_save
+
+    def recording_save(obj, path):
+        writes.append((obj["epoch"], obj["resume"]["epoch"]))
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", recording_save)
+    data = ml100k_slice(tmp_path / "data", n_users=20)
+    result = run("Hydra", DATASET, config_dict=quiet_config(data, epochs=4, **TINY_HYDRA))
+    assert [newest for _, newest in writes] == list(range(result["epochs"]))
+    best_epoch = read_checkpoint(result["model_file"])["epoch"]
+    assert writes[-1] == (best_epoch, result["epochs"] - 1)
+
+
 # -- bound to its data -----------------------------------------------------------------------
 def _copy_of_data(data, tmp_path):
     copy = tmp_path / "copy"
