@@ -1,6 +1,7 @@
 """The benchmark scripts' shared helpers: what a missing optional dependency says."""
 
 import importlib
+import statistics
 import sys
 from pathlib import Path
 
@@ -45,3 +46,41 @@ def test_leaderboard_without_matplotlib_stops_before_it_trains(
     assert stop.value.code == 2
     assert capsys.readouterr().err == 'the plots need matplotlib: pip install -e ".[bench]"\n'
     assert not out.exists() and not (tmp_path / "runs").exists()  # nothing ran, nothing written
+
+
+def _runs(model, valid, test):
+    """Stored leaderboard runs of one row, one per seed: NDCG@10 alike on both protocols."""
+    result = [
+        {"valid": {"ndcg@10": v}, "test": {"ndcg@10": t}} for v, t in zip(valid, test, strict=True)
+    ]
+    return [{"model": model, "masked": r, "unmasked": r} for r in result]
+
+
+def _goal_rows(leaderboard, by_variant):
+    lines = leaderboard.goal_section(by_variant)
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines if "(n=" in line]
+
+
+def test_leaderboard_goal_picks_rows_by_validation_and_weighs_the_gap(script):
+    leaderboard = script("leaderboard")
+    by_variant = {  # the best test row of each side is not its best valid row
+        "Hydra-test": _runs("Hydra", [0.10, 0.10], [0.30, 0.30]),
+        "Hydra-valid": _runs("Hydra", [0.20, 0.22], [0.21, 0.23]),
+        "HSTU": _runs("HSTU", [0.19, 0.19], [0.20, 0.20]),
+        "SASRec+": _runs("SASRecGen", [0.05, 0.05], [0.25, 0.25]),
+    }
+    rows = _goal_rows(leaderboard, by_variant)
+    assert [r[0] for r in rows] == ["masked", "unmasked"]
+    ratio = statistics.mean([0.21, 0.23]) / 0.20
+    assert rows[0] == [
+        "masked",
+        "Hydra-valid (n=2)",
+        "HSTU (n=2)",
+        f"{ratio:.3f}",
+        "yes" if ratio >= 1.05 else "no",
+        "yes" if 0.22 - 0.20 > statistics.stdev([0.21, 0.23]) else "no",
+    ]
+    by_variant["HSTU"] = _runs("HSTU", [0.19], [0.20])
+    assert _goal_rows(leaderboard, by_variant)[1][-1] == "n < 2"
+    del by_variant["HSTU"], by_variant["SASRec+"]
+    assert leaderboard.goal_section(by_variant) == []  # no baseline: no goal to state
