@@ -172,16 +172,18 @@ def tuned_dir(args):
 
 
 def suite_rows(args):
-    """The suite's rows, and for the leaderboard a ``<row>-tuned`` row per tuned yaml."""
+    """The suite's rows as name -> (model, config, tuned keys), and for the leaderboard a
+    ``<row>-tuned`` row per tuned yaml: the row's config with the yaml's keys, which win over
+    ``--set`` as the trials' sampled keys did."""
     import yaml
 
-    rows = dict(SUITES[args.suite])
+    rows = {name: (model, config, {}) for name, (model, config) in SUITES[args.suite].items()}
     if args.suite == "leaderboard":
         for path in sorted(tuned_dir(args).glob("*.yaml")):
             if path.stem in VARIANTS:
                 model, variant_config = VARIANTS[path.stem]
                 tuned = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-                rows[f"{path.stem}-tuned"] = (model, {**variant_config, **tuned})
+                rows[f"{path.stem}-tuned"] = (model, variant_config, tuned)
     return rows
 
 
@@ -212,12 +214,18 @@ def tune_missing(args, overrides):
             tune_dir=str(tune_dir),
         )
         best, rows = summary["best"], summary["rows"]
-        if best is None or summary["unfinished"]:
+        if summary["unfinished"]:
             print(f"{variant}: {summary['unfinished']} trials unfinished; run the command again")
             continue
+        if best is None:  # running again restores the same failed trials: the space must change
+            print(f"{variant}: every trial failed, the first with: {rows[0]['error']}")
+            print(f"{variant}: fix {space} and delete {tune_dir} to tune it again")
+            continue
+        failed = sum(r["status"] == "failed" for r in rows)
+        trials = f"{len(rows)} trials" + (f" ({failed} failed)" if failed else "")
         tables.mkdir(parents=True, exist_ok=True)
         lines = harness.header(
-            f"Tuning {variant}: {args.dataset}, length {args.length}, {len(rows)} trials",
+            f"Tuning {variant}: {args.dataset}, length {args.length}, {trials}",
             harness.command(),
             harness.machine(threads=args.threads),
             f"Space: `benchmarks/spaces/{space.name}`; ASHA on valid "
@@ -226,13 +234,13 @@ def tune_missing(args, overrides):
         harness.write_report(tables / f"{variant}.md", lines + [summary["table_md"].read_text()])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
-            f"# {variant} tuned on {args.dataset} length {args.length}: best of {len(rows)} "
-            f"trials (valid {summary['metric']} {best['best_valid']:.4f}; "
+            f"# {variant} tuned on {args.dataset} length {args.length}: best of {trials}, "
+            f"valid {summary['metric']} {best['best_valid']:.4f} ("
             f"benchmarks/results/tune/{tables.name}/{variant}.md)\n"
             + yaml.safe_dump(best["params"], sort_keys=False),
             encoding="utf-8",
         )
-        print(f"{variant}: tuned, valid {best['best_valid']:.4f}; wrote {out}")
+        print(f"{variant}: tuned ({trials}), valid {best['best_valid']:.4f}; wrote {out}")
 
 
 def run_missing(args, overrides, store):
@@ -240,14 +248,14 @@ def run_missing(args, overrides, store):
     workdir = Path(args.workdir).resolve()
     rows = suite_rows(args)
     for variant in args.models:
-        model, variant_config = rows[variant]
+        model, variant_config, tuned = rows[variant]
         for seed in range(2020, 2020 + args.seeds):
             out = store / f"{variant}-seed{seed}.json"
             if out.exists():
                 continue
             run_dir = workdir / report_name(args).removeprefix("leaderboard-")
             run_dir = run_dir / f"{variant}-seed{seed}"
-            config = base_config(args, seed, variant_config, overrides)
+            config = {**base_config(args, seed, variant_config, overrides), **tuned}
             config["checkpoint_dir"] = str(run_dir / "saved")
             spec = {"model": model, "dataset": args.dataset, "config": config}
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 local Ray (2 CPUs, no dashboard, its files in a temporary directory)."""
 
 import csv
+import importlib
+import json
 import math
 import shutil
 import tempfile
@@ -207,3 +209,41 @@ def test_a_failing_trial_is_reported_and_the_other_finishes(local_ray, tmp_path)
     assert by_heads[2]["status"] == "completed" and summary["best"] is by_heads[2]
     assert summary["rows"][-1] is by_heads[3]  # failed trials come last
     assert "failed: UsageError: hidden_size (16)" in summary["table_md"].read_text()
+
+
+def test_leaderboard_tuning_writes_the_best_keys_and_trains_the_tuned_row(
+    local_ray, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    leaderboard = importlib.import_module("leaderboard")
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "Hydra.hyper").write_text("n_heads choice [4,8]\n")  # --set below gives 2
+    (spaces / "Hydra-dot.hyper").write_text("n_heads choice [3,5]\n")  # 16 wide: every trial fails
+    monkeypatch.setattr(leaderboard, "SPACES", spaces)
+    data = ml100k_slice(tmp_path / "data", n_users=40)
+    config = quiet_config(data, epochs=2, **TINY_HYDRA)
+    sets = [f"--set={k}={v!r}" for k, v in config.items() if k != "data_path"]
+    out, tuned = tmp_path / "results", tmp_path / "tuned" / "ml-100k-slice-10"
+    leaderboard.main(
+        ["--tune", "2", "--dataset", "ml-100k-slice", "--length", "10", "--seeds", "1"]
+        + ["--models", "Hydra,Hydra-dot", "--data_path", data, "--threads", "1", *sets]
+        + ["--out", str(out), "--workdir", str(tmp_path / "runs"), "--tuned", str(tuned.parent)]
+    )
+    printed = capsys.readouterr().out
+    assert "Hydra-dot: every trial failed, the first with: UsageError: hidden_size (16)" in printed
+    assert sorted(p.name for p in tuned.iterdir()) == ["Hydra.yaml"]
+    text = (tuned / "Hydra.yaml").read_text()
+    assert "best of 2 trials," in text.splitlines()[0]
+    best = yaml.safe_load(text)
+    assert list(best) == ["n_heads"] and best["n_heads"] in (4, 8)
+    store = out / "leaderboard" / "ml-100k-slice-10"
+    assert sorted(p.stem for p in store.glob("*.json")) == [
+        "Hydra-dot-seed2020",
+        "Hydra-seed2020",
+        "Hydra-tuned-seed2020",
+    ]
+    run = json.loads((store / "Hydra-tuned-seed2020.json").read_text())
+    assert run["config"]["n_heads"] == best["n_heads"]  # the tuned key wins over --set
+    assert json.loads((store / "Hydra-seed2020.json").read_text())["config"]["n_heads"] == 2
+    assert "| Hydra-tuned | 1 |" in (out / "leaderboard-ml-100k-slice-10.md").read_text()
