@@ -36,9 +36,9 @@ Equal tuning (``--tune N``): each leaderboard row with a search space in ``bench
 one trial at a time on every thread), the same N for every row; the test set is never looked at.
 The best trial's keys go to ``properties/leaderboard/<dataset>-<length>/<row>.yaml`` and the
 trial table to ``benchmarks/results/tune/<dataset>-<length>/<row>.md``; from then on the suite
-has a row ``<row>-tuned`` (the row's config with those keys, over any ``--set``), trained and tested as any other.
-A row that already has its yaml is not tuned again (delete the yaml to retune); a search cut
-short resumes its unfinished trials when the command runs again.
+has a row ``<row>-tuned`` (the row's config with those keys, over any ``--set``), trained and
+tested as any other. A row that already has its yaml is not tuned again (delete the yaml to
+retune); a search cut short resumes its unfinished trials when the command runs again.
 """
 
 import argparse
