@@ -62,6 +62,18 @@ def ml100k_slice(root, n_users=60, name="ml-100k-slice"):
     return str(root)
 
 
+# The smallest Hydra that trains end to end on ml100k_slice in seconds.
+TINY_HYDRA = dict(
+    hidden_size=16,
+    n_layers=1,
+    n_heads=2,
+    d_state=8,
+    chunk_size=8,
+    num_negatives=16,
+    MAX_ITEM_LIST_LENGTH=10,
+)
+
+
 def quiet_config(data_path, **overrides):
     config = {
         "data_path": data_path,

@@ -8,6 +8,25 @@ from recbole_hydra.config import make_config
 from recbole_hydra.registry import create_dataset
 from tests.conftest import quiet_config, random_sequences, write_inter
 
+# Small two-layer models for model-level tests; dropout off so outputs are deterministic.
+SMALL_HYDRA = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    d_state=8,
+    chunk_size=4,
+    num_negatives=16,
+    dropout_prob=0.0,
+)
+SMALL_HSTU = dict(
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    dropout_prob=0.0,
+    hidden_dropout_prob=0.0,
+    num_negatives=16,
+)
+
 
 def build_model(
     tmp_path, model, n_users=20, n_items=30, min_len=3, max_len=12, rows=None, **overrides

@@ -21,17 +21,8 @@ from recbole_hydra.config import make_config
 from recbole_hydra.errors import UsageError
 from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.quick_start import evaluate_checkpoint
-from tests.conftest import ml100k_slice, quiet_config
+from tests.conftest import TINY_HYDRA, ml100k_slice, quiet_config
 
-TINY_HYDRA = dict(
-    hidden_size=16,
-    n_layers=1,
-    n_heads=2,
-    d_state=8,
-    chunk_size=8,
-    num_negatives=16,
-    MAX_ITEM_LIST_LENGTH=10,
-)
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)}
 
 

@@ -9,16 +9,7 @@ from recbole_hydra.model.hstu import HSTU, time_buckets
 from recbole_hydra.quick_start import run
 from recbole_hydra.registry import create_dataset
 from tests.conftest import ml100k_slice, quiet_config, random_sequences, write_inter
-from tests.model_helpers import assert_causal, build_model, random_batch
-
-SMALL = dict(
-    hidden_size=16,
-    n_layers=2,
-    n_heads=2,
-    dropout_prob=0.0,
-    hidden_dropout_prob=0.0,
-    num_negatives=16,
-)
+from tests.model_helpers import SMALL_HSTU, assert_causal, build_model, random_batch
 
 
 def times_for(model, seed=0):
@@ -30,7 +21,7 @@ def times_for(model, seed=0):
 
 @pytest.fixture
 def hstu(tmp_path):
-    return build_model(tmp_path, "HSTU", **SMALL)
+    return build_model(tmp_path, "HSTU", **SMALL_HSTU)
 
 
 def test_defaults_follow_the_reference(tmp_path):
@@ -70,7 +61,7 @@ def test_time_buckets_are_the_references():
 
 
 def test_next_query_time_uses_the_next_interaction(tmp_path):
-    model, train, _, _ = build_model(tmp_path, "HSTU", time_query="next", **SMALL)
+    model, train, _, _ = build_model(tmp_path, "HSTU", time_query="next", **SMALL_HSTU)
     batch = next(iter(train))
     inputs = model._forward_inputs(batch)
     lengths = batch[model.ITEM_SEQ_LEN]
@@ -88,7 +79,7 @@ def test_next_query_time_uses_the_next_interaction(tmp_path):
 
 
 def test_position_only_model_runs_without_timestamps(tmp_path):
-    model, train, _, _ = build_model(tmp_path, "HSTU", time_bias=False, **SMALL)
+    model, train, _, _ = build_model(tmp_path, "HSTU", time_bias=False, **SMALL_HSTU)
     assert not model.use_time and model.layers[0].time_bias is None
     assert model._forward_inputs(next(iter(train))) == {}
     seq, lengths = random_batch(model)
@@ -99,7 +90,7 @@ def test_builds_on_a_dataset_without_time_field(tmp_path):
     # RecBole's sequential datasets need a time field to order interactions, so a dataset without
     # one cannot be loaded; the model itself only needs the dataset to report no time field.
     root = write_inter(tmp_path / "data", "toy", random_sequences(10, 20, 3, 8))
-    config = make_config("HSTU", "toy", config_dict=quiet_config(root, **SMALL))
+    config = make_config("HSTU", "toy", config_dict=quiet_config(root, **SMALL_HSTU))
     dataset = create_dataset(config)
     dataset.time_field = None
     model = registry.build_model(config, dataset)

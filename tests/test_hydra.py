@@ -6,22 +6,12 @@ from recbole.data.interaction import Interaction
 
 from recbole_hydra.layers.hydra_layer import HydraLayer
 from recbole_hydra.model.hydra import Hydra
-from tests.model_helpers import build_model, random_batch
-
-SMALL = dict(
-    hidden_size=16,
-    n_layers=2,
-    n_heads=2,
-    d_state=8,
-    chunk_size=4,
-    num_negatives=16,
-    dropout_prob=0.0,
-)
+from tests.model_helpers import SMALL_HYDRA, build_model, random_batch
 
 
 @pytest.fixture
 def hydra(tmp_path):
-    return build_model(tmp_path, "Hydra", **SMALL)
+    return build_model(tmp_path, "Hydra", **SMALL_HYDRA)
 
 
 def test_scores_use_the_last_real_position(hydra):
@@ -53,7 +43,7 @@ def test_evaluation_in_row_blocks_gives_the_same_scores(hydra):
 
 
 def test_explicit_head_size_may_differ_from_hidden_size(tmp_path):
-    model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL, "head_size": 6})
+    model, train, _, _ = build_model(tmp_path, "Hydra", **{**SMALL_HYDRA, "head_size": 6})
     assert isinstance(model, Hydra)
     batch = next(iter(train))
     assert model(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]).shape[-1] == 16
@@ -64,7 +54,7 @@ def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
     (dropout included: the recomputation replays the same random draws), and autograd keeps
     less for backward."""
     model, train, _, _ = build_model(
-        tmp_path, "Hydra", **{**SMALL, "dropout_prob": 0.3, "hidden_dropout_prob": 0.2}
+        tmp_path, "Hydra", **{**SMALL_HYDRA, "dropout_prob": 0.3, "hidden_dropout_prob": 0.2}
     )
     model = model.double().train()
     batch = next(iter(train))

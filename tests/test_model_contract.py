@@ -25,6 +25,8 @@ from recbole_hydra.errors import UsageError
 from recbole_hydra.registry import build_model, create_dataset
 from tests.conftest import quiet_config, random_sequences, write_domains, write_inter
 from tests.model_helpers import (
+    SMALL_HSTU,
+    SMALL_HYDRA,
     assert_causal,
     assert_gradients_reach_every_parameter,
     assert_padding_invariant,
@@ -32,23 +34,6 @@ from tests.model_helpers import (
     random_batch,
 )
 
-HYDRA = dict(
-    hidden_size=16,
-    n_layers=2,
-    n_heads=2,
-    d_state=8,
-    chunk_size=4,
-    num_negatives=16,
-    dropout_prob=0.0,
-)
-HSTU = dict(
-    hidden_size=16,
-    n_layers=2,
-    n_heads=2,
-    dropout_prob=0.0,
-    hidden_dropout_prob=0.0,
-    num_negatives=16,
-)
 MAMBA4REC = dict(hidden_size=16, n_layers=2, d_state=8, chunk_size=4, dropout_prob=0.0)
 SASRECGEN = dict(
     hidden_size=16,
@@ -99,25 +84,27 @@ CASES = [
     Case(
         "Hydra",
         "Hydra",
-        HYDRA,
+        SMALL_HYDRA,
         bad=tuple(
             BASE_CHECKS
             + HEADS_CHECK
             + [(dict(norm_placement="sandwich"), "norm_placement must be one of pre, post")]
         ),
     ),
-    Case("Hydra-layer_checkpointing", "Hydra", {**HYDRA, "layer_checkpointing": True}),
-    Case("Hydra-CE-dot", "Hydra", {**HYDRA, **CE_DOT}),
-    Case("Hydra-prefix", "Hydra", {**HYDRA, "train_mode": "prefix"}),
-    Case("Hydra-seen-negatives", "Hydra", {**HYDRA, "seen_item_negatives": True}),
-    Case("Hydra-no-gate", "Hydra", {**HYDRA, "gate_with_z": False}),
+    Case("Hydra-layer_checkpointing", "Hydra", {**SMALL_HYDRA, "layer_checkpointing": True}),
+    Case("Hydra-CE-dot", "Hydra", {**SMALL_HYDRA, **CE_DOT}),
+    Case("Hydra-prefix", "Hydra", {**SMALL_HYDRA, "train_mode": "prefix"}),
+    Case("Hydra-seen-negatives", "Hydra", {**SMALL_HYDRA, "seen_item_negatives": True}),
+    Case("Hydra-no-gate", "Hydra", {**SMALL_HYDRA, "gate_with_z": False}),
     Case(
-        "Hydra-no-rope-post-norm", "Hydra", {**HYDRA, "rope_on_z": False, "norm_placement": "post"}
+        "Hydra-no-rope-post-norm",
+        "Hydra",
+        {**SMALL_HYDRA, "rope_on_z": False, "norm_placement": "post"},
     ),
     Case(
         "HSTU",
         "HSTU",
-        HSTU,
+        SMALL_HSTU,
         times=True,
         max_length_checked=True,
         bad=tuple(
@@ -127,11 +114,11 @@ CASES = [
     Case(
         "HSTU-prefix-CE-dot",
         "HSTU",
-        {**HSTU, "train_mode": "prefix", **CE_DOT},
+        {**SMALL_HSTU, "train_mode": "prefix", **CE_DOT},
         times=True,
         max_length_checked=True,
     ),
-    Case("HSTU-no-time-bias", "HSTU", {**HSTU, "time_bias": False}, max_length_checked=True),
+    Case("HSTU-no-time-bias", "HSTU", {**SMALL_HSTU, "time_bias": False}, max_length_checked=True),
     Case(
         "Mamba4Rec",
         "Mamba4Rec",
@@ -164,7 +151,7 @@ CASES = [
     Case(
         "HydraMD",
         "HydraMD",
-        {**HYDRA, "n_layers": 1, "topk": [1, 5], "valid_metric": "NDCG@1"},
+        {**SMALL_HYDRA, "n_layers": 1, "topk": [1, 5], "valid_metric": "NDCG@1"},
         multi_domain=True,
         bad=tuple(
             BASE_CHECKS + [(dict(seen_item_negatives=True), "not by HydraMD's per-domain loss")]

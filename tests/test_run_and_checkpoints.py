@@ -10,17 +10,11 @@ from recbole_hydra import checkpoint
 from recbole_hydra.checkpoint import read_checkpoint
 from recbole_hydra.model.hydra import Hydra
 from recbole_hydra.quick_start import evaluate_checkpoint, run
+from tests import conftest
 from tests.conftest import ml100k_slice, quiet_config
 
-TINY_HYDRA = dict(
-    hidden_size=16,
-    n_layers=1,
-    n_heads=2,
-    d_state=8,
-    chunk_size=8,
-    num_negatives=32,
-    MAX_ITEM_LIST_LENGTH=20,
-)
+# conftest's tiny Hydra with more negatives and windows of 20
+TINY_HYDRA = dict(conftest.TINY_HYDRA, num_negatives=32, MAX_ITEM_LIST_LENGTH=20)
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 200)}
 
 

@@ -7,17 +7,9 @@ from recbole_hydra.layers.losses import similarity_scores
 from recbole_hydra.quick_start import run
 from recbole_hydra.serving import StreamingRecommender, StreamState
 from tests.conftest import quiet_config, random_sequences, write_inter
-from tests.model_helpers import build_model
+from tests.model_helpers import SMALL_HYDRA, build_model
 
-SMALL = dict(
-    hidden_size=16,
-    n_layers=2,
-    n_heads=2,
-    d_state=8,
-    chunk_size=4,
-    num_negatives=16,
-    MAX_ITEM_LIST_LENGTH=10,
-)
+SMALL = dict(SMALL_HYDRA, MAX_ITEM_LIST_LENGTH=10)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,7 @@ import yaml
 import run_hydra
 from recbole_hydra import tune as hydra_tune
 from recbole_hydra.config import PROPERTIES, make_config
-from tests.conftest import ml100k_slice, quiet_config
-
-TINY_HYDRA = dict(
-    hidden_size=16,
-    n_layers=1,
-    n_heads=2,
-    d_state=8,
-    chunk_size=8,
-    num_negatives=16,
-    MAX_ITEM_LIST_LENGTH=10,
-)
-
+from tests.conftest import TINY_HYDRA, ml100k_slice, quiet_config
 
 # --------------------------------------------------------------------------------------------
 # the params file (no Ray)
