@@ -11,6 +11,8 @@ wall-clock budget), at ``MAX_ITEM_LIST_LENGTH = --length``, seed 2020 + i. The b
 then tested twice: RecBole's protocol (the user's history ranked too) and with the history masked
 (``mask_history_items: True``, as HSTU, HLLM and gSASRec publish). Training validates on the
 unmasked protocol for every model alike.
+The cost table marks ``*`` each run that early stopping did not end (it trained every epoch of
+its ``epochs``): the reader sees which runs are converged by validation and which by schedule.
 
 Resumable: each finished run is stored as ``benchmarks/results/<suite>/<dataset>-<length>/
 <row>-seed<seed>.json`` and skipped when the command runs again; a run cut short (Ctrl-C, a
@@ -129,6 +131,7 @@ def worker(spec):
         {
             "n_params": result["n_params"],
             "epochs": result["epochs"],
+            "stopped_early": result["stopped_early"],
             "best_epoch": scores.index(max(scores)) + 1 if scores else None,
             "train_s_per_epoch": statistics.median(h["train_s"] for h in history)
             if history
@@ -312,22 +315,7 @@ def write_report(args, store):
             cells = [mean_std([r[protocol]["test"][m] for r in group]) for m in METRICS]
             rows.append([variant, len(group), *cells])
         lines += harness.table(["model", "n", *METRICS], rows, "lr" + "r" * len(METRICS)) + [""]
-    lines += ["## Cost", ""]
-    rows = []
-    for variant, group in by_variant.items():
-        rows.append(
-            [
-                variant,
-                group[0]["n_params"],
-                f"{statistics.median(r['train_s_per_epoch'] for r in group):.1f}",
-                "/".join(str(r["best_epoch"]) for r in group),
-                "/".join(str(r["epochs"]) for r in group),
-                f"{statistics.median(r['wall_s'] for r in group) / 60:.1f}",
-                f"{max(r['peak_rss_mb'] for r in group):.0f}",
-            ]
-        )
-    head = ["model", "params", "s/epoch", "best epoch", "epochs run", "wall min", "peak RSS MB"]
-    lines += harness.table(head, rows, "lrrrrrr") + [""]
+    lines += cost_section(by_variant)
     if args.suite == "leaderboard":
         lines += goal_section(by_variant)
     published = args.suite == "leaderboard" and args.length == 200
@@ -340,6 +328,42 @@ def write_report(args, store):
     (args.out / f"{name}.json").write_text(json.dumps(runs, indent=1))
     if runs:
         plot(by_variant, anchors, args.out / f"{name}.png", args)
+
+
+def epochs_run(run):
+    """The epochs a run trained, marked ``*`` where early stopping did not end it (it ran to its
+    ``epochs``), ``?`` where its record does not say."""
+    early = run.get("stopped_early")
+    return f"{run['epochs']}{'?' if early is None else '' if early else '*'}"
+
+
+def cost_section(by_variant):
+    rows = []
+    for variant, group in by_variant.items():
+        rows.append(
+            [
+                variant,
+                group[0]["n_params"],
+                f"{statistics.median(r['train_s_per_epoch'] for r in group):.1f}",
+                "/".join(str(r["best_epoch"]) for r in group),
+                "/".join(epochs_run(r) for r in group),
+                f"{statistics.median(r['wall_s'] for r in group) / 60:.1f}",
+                f"{max(r['peak_rss_mb'] for r in group):.0f}",
+            ]
+        )
+    head = ["model", "params", "s/epoch", "best epoch", "epochs run", "wall min", "peak RSS MB"]
+    lines = ["## Cost", ""] + harness.table(head, rows, "lrrrrrr") + [""]
+    marks = "".join(epochs_run(r)[-1] for group in by_variant.values() for r in group)
+    if "*" in marks:
+        lines += [
+            "\\* early stopping did not end the run: it trained all its `epochs`. A decaying "
+            "schedule (cosine over `epochs`) has reached its floor there; under a constant one "
+            "validation may still have been rising.",
+            "",
+        ]
+    if "?" in marks:
+        lines += ["? the run's record does not say whether early stopping ended it.", ""]
+    return lines
 
 
 def ndcg10(group, protocol, split):

@@ -149,6 +149,8 @@ def _train_and_test(config, saved, epoch_callback, resume_from):
         "model_file": trainer.saved_model_file if saved else None,
         "n_params": n_params,
         "epochs": len(history),
+        # RecBole's early stopping: more than stopping_step evaluations without a better score
+        "stopped_early": trainer.cur_step > trainer.stopping_step,
         "history": history,
     }
 

@@ -84,3 +84,20 @@ def test_leaderboard_goal_picks_rows_by_validation_and_weighs_the_gap(script):
     assert _goal_rows(leaderboard, by_variant)[1][-1] == "n < 2"
     del by_variant["HSTU"], by_variant["SASRec+"]
     assert leaderboard.goal_section(by_variant) == []  # no baseline: no goal to state
+
+
+def test_leaderboard_cost_marks_runs_that_early_stopping_did_not_end(script):
+    leaderboard = script("leaderboard")
+    run = dict(n_params=10, train_s_per_epoch=1.0, best_epoch=5, wall_s=60.0, peak_rss_mb=100.0)
+    by_variant = {
+        "HSTU": [{**run, "epochs": 16, "stopped_early": True}, {**run, "epochs": 100}],
+        "Hydra": [{**run, "epochs": 50, "stopped_early": False}],
+    }
+    lines = leaderboard.cost_section(by_variant)
+    cells = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in lines[4:6]}
+    assert cells == {"HSTU": "16/100?", "Hydra": "50*"}
+    assert any(line.startswith("\\* early stopping did not end the run") for line in lines)
+    assert any(line.startswith("? the run's record does not say") for line in lines)
+    by_variant["HSTU"][1]["stopped_early"] = True
+    del by_variant["Hydra"]
+    assert not any(line.startswith(("\\*", "?")) for line in leaderboard.cost_section(by_variant))

@@ -36,7 +36,18 @@ def test_run_trains_saves_and_tests(trained):
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     assert result["epochs"] == 2 and all(h["train_s"] > 0 for h in result["history"])
     assert result["n_params"] > 0
+    assert result["stopped_early"] is False  # 2 epochs, patience 10: it ran to its cap
     assert torch.load(result["model_file"], weights_only=True)["config"]["model"] == "Hydra"
+
+
+def test_run_says_when_early_stopping_ended_it(tmp_path):
+    data = ml100k_slice(tmp_path / "data", n_users=30)
+    # patience 0: the first validation below the best ends the run
+    config = quiet_config(data, epochs=40, stopping_step=0, learning_rate=0.01, **TINY_HYDRA)
+    result = run("Hydra", "ml-100k-slice", config_dict=config, saved=False)
+    scores = [h["valid_score"] for h in result["history"]]
+    assert result["stopped_early"] is True and result["epochs"] < 40
+    assert scores[-1] < max(scores[:-1]) and scores[:-1] == sorted(scores[:-1])
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
