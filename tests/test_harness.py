@@ -80,6 +80,18 @@ def test_leaderboard_goal_picks_rows_by_validation_and_weighs_the_gap(script):
         "yes" if ratio >= 1.05 else "no",
         "yes" if 0.22 - 0.20 > statistics.stdev([0.21, 0.23]) else "no",
     ]
+    anchors = [("A", 0.25, 0.4, "unmasked", "x"), ("B", 0.2, 0.3, "masked", "y")]
+    anchors.append(("C", 0.18, 0.3, "masked", "z"))
+    published = [
+        line for line in leaderboard.goal_section(by_variant, anchors) if "published" in line
+    ]
+    assert published == [  # the best masked anchor, not the best anchor
+        "Masked, against the best published figure: Hydra-valid (n=2) has 0.2200, "
+        f"{0.22 / 0.2:.3f}x B's 0.2000 (their dataset differs slightly)."
+    ]
+    assert not any(
+        "published" in line for line in leaderboard.goal_section(by_variant, anchors[:1])
+    )
     by_variant["HSTU"] = _runs("HSTU", [0.19], [0.20])
     assert _goal_rows(leaderboard, by_variant)[1][-1] == "n < 2"
     del by_variant["HSTU"], by_variant["SASRec+"]
