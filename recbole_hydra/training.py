@@ -50,8 +50,9 @@ def run(
     group_offset=0,
 ):
     """Train and test ``model`` (a name or class) on ``dataset``; returns RecBole's result dict
-    plus ``model_file``, ``n_params``, ``epochs`` and ``history`` (per epoch: training seconds,
-    valid score and wall clock since training started).
+    plus ``model_file``, ``n_params``, ``epochs``, ``stopped_early`` (whether early stopping, not
+    the ``epochs`` cap or a time budget, ended training) and ``history`` (per epoch: training
+    seconds, valid score and wall clock since training started).
 
     ``epoch_callback(epoch, entry, trainer)``, if given, is called after each validation with the
     number of epochs trained so far, that epoch's history entry and the trainer (the tuner reports
