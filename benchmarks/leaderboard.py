@@ -353,15 +353,15 @@ def cost_section(by_variant):
         )
     head = ["model", "params", "s/epoch", "best epoch", "epochs run", "wall min", "peak RSS MB"]
     lines = ["## Cost", ""] + harness.table(head, rows, "lrrrrrr") + [""]
-    marks = "".join(epochs_run(r)[-1] for group in by_variant.values() for r in group)
-    if "*" in marks:
+    ended = {r.get("stopped_early") for group in by_variant.values() for r in group}
+    if False in ended:
         lines += [
             "\\* early stopping did not end the run: it trained all its `epochs`. A decaying "
             "schedule (cosine over `epochs`) has reached its floor there; under a constant one "
             "validation may still have been rising.",
             "",
         ]
-    if "?" in marks:
+    if None in ended:
         lines += ["? the run's record does not say whether early stopping ended it.", ""]
     return lines
 
