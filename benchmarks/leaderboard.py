@@ -69,7 +69,9 @@ VARIANTS = {
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
     "SASRec+-dot": ("SASRecGen", {"loss_type": "CE", "similarity": "dot", "temperature": 1.0}),
     "SASRecGen": ("SASRecGen", {}),
-    "Mamba4Rec-gen": ("Mamba4Rec", {"train_mode": "generative"}),
+    # the generative rows' 128 windows a batch: the yaml's 2048 counts prefixes, and 2048 windows
+    # make one optimizer step an ml-100k epoch
+    "Mamba4Rec-gen": ("Mamba4Rec", {"train_mode": "generative", "train_batch_size": 128}),
     "SASRec": ("SASRec", {}),
 }
 
@@ -246,22 +248,57 @@ def tune_missing(args, overrides):
         print(f"{variant}: tuned ({trials}), valid {best['best_valid']:.4f}; wrote {out}")
 
 
-def run_missing(args, overrides, store):
-    """Every (model, seed) not yet stored, one at a time, each in a fresh process."""
-    workdir = Path(args.workdir).resolve()
+def run_config(args, overrides, rows, variant, seed):
+    """The row's model, and the config its run of ``seed`` trains with (``checkpoint_dir`` in
+    the run's own folder of ``--workdir``, where an unfinished run resumes)."""
+    model, variant_config, tuned = rows[variant]
+    run_dir = Path(args.workdir).resolve() / report_name(args).removeprefix("leaderboard-")
+    config = {**base_config(args, seed, variant_config, overrides), **tuned}
+    config["checkpoint_dir"] = str(run_dir / f"{variant}-seed{seed}" / "saved")
+    return model, config
+
+
+def check_stored(args, overrides, store):
+    """A chosen row's stored run, and its unfinished run that would resume, must have the config
+    the row gives now, or one name would hold two configs: exit 2 naming the first other key."""
     rows = suite_rows(args)
     for variant in args.models:
-        model, variant_config, tuned = rows[variant]
+        for seed in range(2020, 2020 + args.seeds):
+            config = run_config(args, overrides, rows, variant, seed)[1]
+            out = store / f"{variant}-seed{seed}.json"
+            started = Path(config["checkpoint_dir"]).parent / "spec.json"
+            path = out if out.exists() else started
+            if not path.exists():
+                continue
+            stored = json.loads(path.read_text())["config"]
+            for key in sorted((set(stored) | set(config)) - {"checkpoint_dir", "data_path"}):
+                if stored.get(key) != config.get(key):
+                    print(
+                        f"{path} has {setting(stored, key)}, and the row now gives "
+                        f"{setting(config, key)}: move {path.parent if path is started else path} "
+                        "aside to train the row again",
+                        file=sys.stderr,
+                    )
+                    sys.exit(2)
+
+
+def setting(config, key):
+    return f"{key}={config[key]!r}" if key in config else f"no {key} (the yaml's)"
+
+
+def run_missing(args, overrides, store):
+    """Every (model, seed) not yet stored, one at a time, each in a fresh process."""
+    rows = suite_rows(args)
+    for variant in args.models:
         for seed in range(2020, 2020 + args.seeds):
             out = store / f"{variant}-seed{seed}.json"
             if out.exists():
                 continue
-            run_dir = workdir / report_name(args).removeprefix("leaderboard-")
-            run_dir = run_dir / f"{variant}-seed{seed}"
-            config = {**base_config(args, seed, variant_config, overrides), **tuned}
-            config["checkpoint_dir"] = str(run_dir / "saved")
+            model, config = run_config(args, overrides, rows, variant, seed)
+            run_dir = Path(config["checkpoint_dir"]).parent
             spec = {"model": model, "dataset": args.dataset, "config": config}
             run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))  # for check_stored
             log = run_dir / "stderr.log"
             print(f"{variant} seed {seed}: training (log {log})", flush=True)
             done = harness.run_fresh(
@@ -491,11 +528,13 @@ def main(argv=None):
     store = args.out / args.suite / f"{args.dataset}-{args.length}"
     store.mkdir(parents=True, exist_ok=True)
     if args.tune and not args.report_only:
+        check_stored(args, overrides, store)  # before hours of tuning, not after
         tune_missing(args, overrides)
         # the rows just tuned join the suite; --models names the untuned rows to train as well
         rows = suite_rows(args)
         args.models += [f"{m}-tuned" for m in args.models if f"{m}-tuned" in rows]
     if not args.report_only:
+        check_stored(args, overrides, store)
         run_missing(args, overrides, store)
     write_report(args, store)
 

@@ -1,6 +1,7 @@
 """The benchmark scripts' shared helpers: what a missing optional dependency says."""
 
 import importlib
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -113,3 +114,41 @@ def test_leaderboard_cost_marks_runs_that_early_stopping_did_not_end(script):
     by_variant["HSTU"][1]["stopped_early"] = True
     del by_variant["Hydra"]
     assert not any(line.startswith(("\\*", "?")) for line in leaderboard.cost_section(by_variant))
+
+
+def test_leaderboard_refuses_a_stored_or_started_run_of_another_config(script, tmp_path, capsys):
+    leaderboard = script("leaderboard")
+    args = leaderboard.argparse.Namespace(
+        suite="leaderboard", dataset="ml-100k", length=50, models=["Hydra", "HSTU"], seeds=2
+    )
+    args.data_path, args.workdir = str(tmp_path / "data"), str(tmp_path / "runs")
+    args.tuned = str(tmp_path / "tuned")
+    store = tmp_path / "results"
+    store.mkdir()
+    rows = leaderboard.suite_rows(args)
+
+    def stored(variant, seed, **changes):
+        config = leaderboard.run_config(args, {}, rows, variant, seed)[1]
+        return json.dumps({"variant": variant, "config": {**config, **changes}})
+
+    (store / "Hydra-seed2020.json").write_text(stored("Hydra", 2020))
+    (store / "HSTU-seed2021.json").write_text(stored("HSTU", 2021))
+    leaderboard.check_stored(args, {}, store)  # the same configs: nothing to say
+    with pytest.raises(SystemExit) as stop:  # --set changes what the row gives
+        leaderboard.check_stored(args, {"dropout_prob": 0.3}, store)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{store / 'Hydra-seed2020.json'} has no dropout_prob (the yaml's), and the row now "
+        f"gives dropout_prob=0.3: move {store / 'Hydra-seed2020.json'} aside to train the row "
+        "again\n"
+    )
+    started = tmp_path / "runs" / "ml-100k-50" / "Hydra-seed2021"
+    started.mkdir(parents=True)
+    (started / "spec.json").write_text(stored("Hydra", 2021, n_layers=3))  # resumes on rerun
+    with pytest.raises(SystemExit) as stop:
+        leaderboard.check_stored(args, {}, store)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{started / 'spec.json'} has n_layers=3, and the row now gives no n_layers (the yaml's): "
+        f"move {started} aside to train the row again\n"
+    )

@@ -233,6 +233,10 @@ def test_leaderboard_tuning_writes_the_best_keys_and_trains_the_tuned_row(
         "Hydra-tuned-seed2020",
     ]
     run = json.loads((store / "Hydra-tuned-seed2020.json").read_text())
+    started = json.loads(
+        (tmp_path / "runs" / "ml-100k-slice-10" / "Hydra-tuned-seed2020" / "spec.json").read_text()
+    )
+    assert started["config"] == run["config"]  # what check_stored compares a rerun with
     assert run["config"]["n_heads"] == best["n_heads"]  # the tuned key wins over --set
     assert json.loads((store / "Hydra-seed2020.json").read_text())["config"]["n_heads"] == 2
     assert "| Hydra-tuned | 1 |" in (out / "leaderboard-ml-100k-slice-10.md").read_text()
