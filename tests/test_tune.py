@@ -15,7 +15,7 @@ import yaml
 import run_hydra
 from recbole_hydra import tune as hydra_tune
 from recbole_hydra.config import PROPERTIES, make_config
-from tests.conftest import TINY_HYDRA, ml100k_slice, quiet_config
+from tests.conftest import ML100K, TINY_HYDRA, ml100k_slice, quiet_config
 
 # --------------------------------------------------------------------------------------------
 # the params file (no Ray)
@@ -240,3 +240,25 @@ def test_leaderboard_tuning_writes_the_best_keys_and_trains_the_tuned_row(
     assert run["config"]["n_heads"] == best["n_heads"]  # the tuned key wins over --set
     assert json.loads((store / "Hydra-seed2020.json").read_text())["config"]["n_heads"] == 2
     assert "| Hydra-tuned | 1 |" in (out / "leaderboard-ml-100k-slice-10.md").read_text()
+
+
+def test_every_leaderboard_space_fits_its_row_on_ml_100k(monkeypatch):
+    """Each shipped ``benchmarks/spaces/<row>.hyper`` names a leaderboard row and only keys of
+    its model; every head count divides the row's width and every negative count fits the
+    smallest leaderboard dataset, so no trial there fails on the space itself."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    leaderboard = importlib.import_module("leaderboard")
+    with open(ML100K, encoding="utf-8") as f:
+        column = f.readline().split("\t").index("item_id:token")
+        n_items = len({line.split("\t")[column] for line in f})
+    spaces = sorted(leaderboard.SPACES.glob("*.hyper"))
+    assert {p.stem for p in spaces} >= {"Hydra", "Hydra-CE-dot", "SASRec+-dot", "HSTU"}
+    for path in spaces:
+        model, row_config = leaderboard.VARIANTS[path.stem]
+        config = make_config(model, "ml-100k", config_dict=row_config).final_config_dict
+        params = hydra_tune.read_params_file(path)
+        assert set(params) <= set(config), path.name
+        for heads in params.get("n_heads", (None, []))[1]:
+            assert config["hidden_size"] % heads == 0, (path.name, heads)
+        for negatives in params.get("num_negatives", (None, []))[1]:
+            assert negatives < n_items, (path.name, negatives)
