@@ -16,8 +16,11 @@ Each trial is ``recbole_hydra.training.run`` with the sampled keys on top of the
 config, in its own directory under ``<tune_dir>/<experiment>/`` (so it leaves what a plain run
 leaves there: ``saved/`` checkpoint, ``log/`` RecBole log, ``results.md``/``result.json``). After
 every validation the trial reports the valid score to Tune (``run``'s ``epoch_callback``), and ASHA
-stops trials whose score is in the bottom half of those that reached the same epoch (epochs 1,
-2, 4, ...); a trial that completes reports its test result last. A trial that raises is marked
+stops trials whose score is in the bottom half of those that reached the same epoch. It first
+judges at the epoch where early stopping could first have stopped the trial (``stopping_step``
+validations), then at twice, four times that epoch...: a trial's first few epochs say more about
+its warm-up and learning rate than about where it ends. A trial that completes reports its test
+result last. A trial that raises is marked
 as failed in the table and the search goes on. The experiment directory holds ``trials.md`` and
 ``trials.csv`` (all trials, best valid score first), ``best.yaml`` (the best trial's keys plus the
 command line's, for ``run_hydra.py --config_files``) and ``search.json`` (what ``resume`` needs:
@@ -299,7 +302,7 @@ def search(
                 metric=METRIC,
                 mode=base["mode"],
                 max_t=max(1, base["epochs"]),
-                grace_period=1,
+                grace_period=min(max(1, base["epochs"]), max(1, base["grace_epochs"])),
                 reduction_factor=2,
                 stop_last_trials=False,
             )
@@ -380,6 +383,7 @@ def _new_experiment(
         "valid_metric": config["valid_metric"].lower(),
         "mode": "max" if config["valid_metric_bigger"] else "min",
         "epochs": int(config["epochs"]),
+        "grace_epochs": int(config["stopping_step"]) * int(config["eval_step"]),
         "seed": int(config["seed"]),
         "cpus_per_trial": cpus_per_trial,
         "gpus_per_trial": gpus_per_trial,

@@ -121,17 +121,17 @@ def local_ray():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def tiny_search(tmp_path, params_text, **kwargs):
+def tiny_search(tmp_path, params_text, max_concurrent=2, config=None, **kwargs):
     data = ml100k_slice(tmp_path / "data", n_users=40)
     Path("space.hyper").write_text(params_text)
-    config = quiet_config(data, epochs=2, **TINY_HYDRA)
+    config = quiet_config(data, **{"epochs": 2, **TINY_HYDRA, **(config or {})})
     return hydra_tune.search(
         "Hydra",
         "ml-100k-slice",
         params_file="space.hyper",
         config_dict=config,
         cpus_per_trial=1,
-        max_concurrent=2,
+        max_concurrent=max_concurrent,
         verbose=0,
         **kwargs,
     )
@@ -183,6 +183,24 @@ def test_two_trial_search_writes_table_and_best_yaml(local_ray, tmp_path):
     assert [(r["trial"], r["best_valid"]) for r in again["rows"]] == [
         (r["trial"], r["best_valid"]) for r in rows
     ]
+
+
+def test_no_trial_is_stopped_before_early_stopping_could_stop_it(local_ray, tmp_path):
+    """ASHA judges first after ``stopping_step`` validations: a trial that starts slowly (a
+    learning rate 10^4 times smaller than the first trial's) still trains that long."""
+    rates = [{"learning_rate": 1e-2}, {"learning_rate": 1e-6}]
+    summary = tiny_search(
+        tmp_path,
+        "learning_rate choice [0.01,0.000001]\n",
+        max_concurrent=1,  # the fast trial's scores are there when the slow one is judged
+        config={"epochs": 6, "stopping_step": 3},
+        num_samples=2,
+        points_to_evaluate=rates,
+    )
+    for row in summary["rows"]:
+        with open(Path(row["trial_dir"]) / "progress.csv") as f:
+            epochs = {r["epoch"] for r in csv.DictReader(f) if r["epoch"]}
+        assert len(epochs) >= 3, (row["params"], row["status"], sorted(epochs))
 
 
 def test_a_failing_trial_is_reported_and_the_other_finishes(local_ray, tmp_path):
