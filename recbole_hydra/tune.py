@@ -20,11 +20,11 @@ stops trials whose score is in the bottom half of those that reached the same ep
 judges at the epoch where early stopping could first have stopped the trial (``stopping_step``
 validations), then at twice, four times that epoch...: a trial's first few epochs say more about
 its warm-up and learning rate than about where it ends. A trial that completes reports its test
-result last. A trial that raises is marked
-as failed in the table and the search goes on. The experiment directory holds ``trials.md`` and
-``trials.csv`` (all trials, best valid score first), ``best.yaml`` (the best trial's keys plus the
-command line's, for ``run_hydra.py --config_files``) and ``search.json`` (what ``resume`` needs:
-an interrupted search restarts its unfinished trials with ``Tuner.restore``).
+result last. A trial that raises is marked as failed in the table and the search goes on. The
+experiment directory holds ``trials.md`` and ``trials.csv`` (all trials, best valid score first),
+``best.yaml`` (the best trial's keys plus the command line's, for ``run_hydra.py
+--config_files``) and ``search.json`` (what ``resume`` needs: an interrupted search restarts its
+unfinished trials with ``Tuner.restore``).
 """
 
 import ast

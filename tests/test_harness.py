@@ -1,4 +1,5 @@
-"""The benchmark scripts' shared helpers: what a missing optional dependency says."""
+"""The benchmark scripts' shared helpers: what a missing optional dependency says, and the
+leaderboard's bookkeeping (the goal and cost sections, stored runs checked against their rows)."""
 
 import importlib
 import json
