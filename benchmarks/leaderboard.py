@@ -85,11 +85,13 @@ ABLATIONS = {
     "post-norm": ("Hydra", {"norm_placement": "post"}),
     **{f"d_state-{n}": ("Hydra", {"d_state": n}) for n in (16, 64, 128)},
     **{f"heads-{v}": ("Hydra", {"n_heads": v}) for v in (2, 8)},
-    **{f"negatives-{k}": ("Hydra", {"num_negatives": k}) for k in (128, 2048)},
+    # 1024: the most that ml-100k's 1,682 items allow; 2048 fits ml-1m only
+    **{f"negatives-{k}": ("Hydra", {"num_negatives": k}) for k in (128, 1024, 2048)},
     "length-50": ("Hydra", {"MAX_ITEM_LIST_LENGTH": 50}),
     "whole-history": ("Hydra", {"MAX_ITEM_LIST_LENGTH": "whole"}),  # the longest user's
 }
 SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS}
+TITLES = {"leaderboard": "Leaderboard", "ablations": "Hydra's ablations"}
 
 #: published full-ranking anchors at length 200 (NDCG@10, Recall@10, protocol, source)
 ANCHORS = {
@@ -337,7 +339,7 @@ def write_report(args, store):
         by_variant.setdefault(r["variant"], []).append(r)
     name = report_name(args)
     lines = harness.header(
-        f"Leaderboard: {args.dataset}, length {args.length}",
+        f"{TITLES[args.suite]}: {args.dataset}, length {args.length}",
         harness.command(),
         runs[0]["hardware"] if runs else harness.machine(),
         "Protocol: RecBole leave-one-out (order TO), full ranking over all items; early stopping "
@@ -357,6 +359,8 @@ def write_report(args, store):
     anchors = ANCHORS.get(args.dataset) if published else None
     if args.suite == "leaderboard":
         lines += goal_section(by_variant, anchors)
+    else:
+        lines += ablation_section(by_variant)
     if anchors:
         lines += ["## Published anchors (length 200; their datasets differ slightly)", ""]
         rows = [[n, f"{nd:.4f}", f"{hr:.4f}", p, src] for n, nd, hr, p, src in anchors]
@@ -452,6 +456,49 @@ def goal_section(by_variant, anchors=None):
             "",
         ]
     return lines
+
+
+def ablation_section(by_variant, base="Hydra"):
+    """Each ablation against the default Hydra: its mean test NDCG@10 over the base's on both
+    protocols, whether the difference exceeds both rows' standard deviations, and its cost
+    (parameters, median s/epoch) over the base's. The seeds of a row are its own; n says how
+    many, and a row of one seed cannot be weighed against the noise."""
+    if base not in by_variant:
+        return []
+
+    def median_epoch(group):
+        return statistics.median(r["train_s_per_epoch"] for r in group)
+
+    ref = {p: ndcg10(by_variant[base], p, "test") for p in ("masked", "unmasked")}
+    rows = []
+    for variant, group in by_variant.items():
+        if variant == base:
+            continue
+        cells = [variant, len(group)]
+        for protocol in ("masked", "unmasked"):
+            mean, std, n = ndcg10(group, protocol, "test")
+            b_mean, b_std, b_n = ref[protocol]
+            beyond = abs(mean - b_mean) > max(std, b_std)
+            cells += [
+                f"{mean / b_mean:.3f}",
+                "n < 2" if min(n, b_n) < 2 else "yes" if beyond else "no",
+            ]
+        cells += [
+            f"{group[0]['n_params'] / by_variant[base][0]['n_params']:.2f}",
+            f"{median_epoch(group) / median_epoch(by_variant[base]):.2f}",
+        ]
+        rows.append(cells)
+    head = ["ablation", "n", "masked x", "beyond std", "unmasked x", "beyond std"]
+    head += ["params x", "s/epoch x"]
+    return [
+        f"## Against the default Hydra (n={len(by_variant[base])})",
+        "",
+        'Ratios of mean test NDCG@10 and of cost to the default Hydra\'s; "beyond std": the '
+        "difference of the means exceeds both rows' standard deviations. s/epoch is not paired.",
+        "",
+        *harness.table(head, rows, "lrrlrlrr"),
+        "",
+    ]
 
 
 def plot(by_variant, anchors, path, args):

@@ -117,6 +117,33 @@ def test_leaderboard_cost_marks_runs_that_early_stopping_did_not_end(script):
     assert not any(line.startswith(("\\*", "?")) for line in leaderboard.cost_section(by_variant))
 
 
+def test_ablations_are_weighed_against_the_default_hydra_and_its_noise(script):
+    leaderboard = script("leaderboard")
+    cost = dict(n_params=100, train_s_per_epoch=2.0)
+    by_variant = {
+        "Hydra": [{**r, **cost} for r in _runs("Hydra", [0.1, 0.1], [0.20, 0.22])],
+        "no-rope-on-z": [{**r, **cost} for r in _runs("Hydra", [0.1, 0.1], [0.15, 0.16])],
+        "heads-8": [
+            {**r, "n_params": 150, "train_s_per_epoch": 3.0}
+            for r in _runs("Hydra", [0.1, 0.1], [0.205, 0.215])
+        ],
+        "length-50": [{**r, **cost} for r in _runs("Hydra", [0.1], [0.30])],
+    }
+    lines = leaderboard.ablation_section(by_variant)
+    rows = {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+        if len(cells) == 8 and cells[1].isdigit()
+    }
+    assert "Hydra" not in rows  # the base is what the others are divided by
+    ratio = f"{0.155 / 0.21:.3f}"
+    assert rows["no-rope-on-z"] == ["2", ratio, "yes", ratio, "yes", "1.00", "1.00"]
+    assert rows["heads-8"] == ["2", "1.000", "no", "1.000", "no", "1.50", "1.50"]
+    assert rows["length-50"][2] == rows["length-50"][4] == "n < 2"
+    del by_variant["Hydra"]
+    assert leaderboard.ablation_section(by_variant) == []  # no base: nothing to divide by
+
+
 def test_leaderboard_refuses_a_stored_or_started_run_of_another_config(script, tmp_path, capsys):
     leaderboard = script("leaderboard")
     args = leaderboard.argparse.Namespace(
