@@ -41,6 +41,12 @@ trial table to ``benchmarks/results/tune/<dataset>-<length>/<row>.md``; from the
 has a row ``<row>-tuned`` (the row's config with those keys, over any ``--set``), trained and
 tested as any other. A row that already has its yaml is not tuned again (delete the yaml to
 retune); a search cut short resumes its unfinished trials when the command runs again.
+
+Fitted schedules: a row whose learning rate decays over ``epochs`` (cosine) and whose stored runs
+early stopping all ended was cut while its rate was still high, so its schedule did not span the
+epochs it trained. It gets a row ``<row>-fit``: the same config with ``epochs`` set to the median
+epochs those runs trained (validation decides, as it decided when they stopped). Rows of a
+constant rate (HSTU, Mamba4Rec, as their references train) need no fit.
 """
 
 import argparse
@@ -191,7 +197,33 @@ def suite_rows(args):
                 model, variant_config = VARIANTS[path.stem]
                 tuned = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
                 rows[f"{path.stem}-tuned"] = (model, variant_config, tuned)
+        rows.update(fitted_rows(args, rows))
     return rows
+
+
+def fitted_rows(args, rows):
+    """A ``<row>-fit`` row for each row whose learning rate decays over ``epochs`` and whose
+    every stored run early stopping ended: the row with ``epochs`` set to the median epochs those
+    runs trained, so that its schedule decays within the epochs a run actually trains rather
+    than being cut while the rate is still high. Rows of a constant rate need no fit."""
+    import yaml
+
+    from recbole_hydra.config import PROPERTIES
+
+    store = Path(args.out) / args.suite / f"{args.dataset}-{args.length}"
+    fitted = {}
+    for name, (model, variant_config, tuned) in rows.items():
+        yaml_file = PROPERTIES / f"{model}.yaml"
+        defaults = (
+            yaml.safe_load(yaml_file.read_text(encoding="utf-8")) if yaml_file.is_file() else {}
+        )
+        if {**defaults, **variant_config, **tuned}.get("lr_scheduler", "constant") == "constant":
+            continue
+        runs = [json.loads(p.read_text()) for p in sorted(store.glob(f"{name}-seed*.json"))]
+        if runs and all(r.get("stopped_early") for r in runs):
+            epochs = round(statistics.median(r["epochs"] for r in runs))
+            fitted[f"{name}-fit"] = (model, variant_config, {**tuned, "epochs": epochs})
+    return fitted
 
 
 def tune_missing(args, overrides):

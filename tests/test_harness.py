@@ -144,13 +144,49 @@ def test_ablations_are_weighed_against_the_default_hydra_and_its_noise(script):
     assert leaderboard.ablation_section(by_variant) == []  # no base: nothing to divide by
 
 
+def test_a_decaying_schedule_is_fitted_to_the_epochs_early_stopping_let_its_runs_train(
+    script, tmp_path, monkeypatch
+):
+    leaderboard = script("leaderboard")
+    args = leaderboard.argparse.Namespace(
+        suite="leaderboard", dataset="ml-100k", length=50, out=str(tmp_path), tuned=str(tmp_path)
+    )
+    store = tmp_path / "leaderboard" / "ml-100k-50"
+    store.mkdir(parents=True)
+
+    def stored(variant, *epochs, early=True):
+        for seed, n in enumerate(epochs, start=2020):
+            record = {"variant": variant, "epochs": n, "stopped_early": early}
+            (store / f"{variant}-seed{seed}.json").write_text(json.dumps(record))
+
+    stored("Hydra-CE-dot", 19, 23, 39)  # cosine (Hydra.yaml), every run stopped early
+    stored("SASRec+", 30, 50)
+    (store / "SASRec+-seed2021.json").write_text(
+        json.dumps({"variant": "SASRec+", "epochs": 50, "stopped_early": False})
+    )
+    stored("HSTU", 20, 30)  # HSTU.yaml: a constant rate, nothing to fit
+    rows = leaderboard.suite_rows(args)
+    fitted = {name: row for name, row in rows.items() if name.endswith("-fit")}
+    assert list(fitted) == ["Hydra-CE-dot-fit"]
+    model, config, keys = fitted["Hydra-CE-dot-fit"]
+    assert (model, config) == leaderboard.VARIANTS["Hydra-CE-dot"] and keys == {"epochs": 23}
+    stored("SASRec+-dot", 30, 40)
+    assert leaderboard.suite_rows(args)["SASRec+-dot-fit"][2] == {"epochs": 35}
+    # a constant rate set by the row itself needs no fit either
+    monkeypatch.setitem(
+        leaderboard.VARIANTS, "Hydra-const", ("Hydra", {"lr_scheduler": "constant"})
+    )
+    stored("Hydra-const", 20)
+    assert "Hydra-const-fit" not in leaderboard.suite_rows(args)
+
+
 def test_leaderboard_refuses_a_stored_or_started_run_of_another_config(script, tmp_path, capsys):
     leaderboard = script("leaderboard")
     args = leaderboard.argparse.Namespace(
         suite="leaderboard", dataset="ml-100k", length=50, models=["Hydra", "HSTU"], seeds=2
     )
     args.data_path, args.workdir = str(tmp_path / "data"), str(tmp_path / "runs")
-    args.tuned = str(tmp_path / "tuned")
+    args.tuned, args.out = str(tmp_path / "tuned"), str(tmp_path / "out")
     store = tmp_path / "results"
     store.mkdir()
     rows = leaderboard.suite_rows(args)
