@@ -32,6 +32,8 @@ Suites:
   sampled InfoNCE (``SASRecGen``); Mamba4Rec trained generatively; RecBole's own
   SASRec as its users run it (one example per prefix).
 - ``ablations`` (``ABLATIONS``): the default Hydra with one part changed per row.
+- ``frontier`` (``FRONTIER``): the default Hydra made cheaper one way at a time, the quality side
+  of ``benchmarks/frontier.py``'s cost frontier.
 
 Equal tuning (``--tune N``): each leaderboard row with a search space in ``benchmarks/spaces/
 <row>.hyper`` gets N Ray Tune trials (``recbole_hydra.tune``: ASHA on valid NDCG@10, seed 2020,
@@ -96,8 +98,22 @@ ABLATIONS = {
     "length-50": ("Hydra", {"MAX_ITEM_LIST_LENGTH": 50}),
     "whole-history": ("Hydra", {"MAX_ITEM_LIST_LENGTH": "whole"}),  # the longest user's
 }
-SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS}
-TITLES = {"leaderboard": "Leaderboard", "ablations": "Hydra's ablations"}
+#: Hydra made cheaper one way at a time (the cost-frontier issue, ``benchmarks/frontier.py``,
+#: which also reads the ablations' d_state and heads rows as frontier points)
+FRONTIER = {
+    "Hydra": ("Hydra", {}),
+    "d_state-8": ("Hydra", {"d_state": 8}),
+    "expand-1": ("Hydra", {"expand": 1}),
+    "layers-1": ("Hydra", {"n_layers": 1}),
+    "ffn-32": ("Hydra", {"ffn_inner_size": 32}),
+    "expand-1-d_state-16": ("Hydra", {"expand": 1, "d_state": 16}),
+}
+SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS, "frontier": FRONTIER}
+TITLES = {
+    "leaderboard": "Leaderboard",
+    "ablations": "Hydra's ablations",
+    "frontier": "Hydra's cheaper configurations",
+}
 
 #: published full-ranking anchors at length 200 (NDCG@10, Recall@10, protocol, source)
 ANCHORS = {
@@ -568,7 +584,7 @@ def main(argv=None):
         "--suite",
         choices=list(SUITES),
         default="leaderboard",
-        help="which rows: models or ablations",
+        help="which rows: models, ablations or cheaper Hydras",
     )
     parser.add_argument("--models", help="comma-separated names of the suite's rows (default: all)")
     parser.add_argument("--seeds", type=int, default=3)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny RecBole datasets written by the tests, and a working directory per test
 (RecBole writes log/, saved/ and log_tensorboard/ into the current directory)."""
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import recbole_hydra  # noqa: F401  (applies the RecBole compat shims)
 # OpenMP's spinning threads make each small matmul ~10x slower.
 torch.set_num_threads(1)
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 ML100K = (
     Path(__import__("recbole").__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 )
@@ -93,3 +95,10 @@ def quiet_config(data_path, **overrides):
 def _workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Import a ``benchmarks/`` script by name, as the scripts import each other."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module

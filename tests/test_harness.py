@@ -1,22 +1,11 @@
 """The benchmark scripts' shared helpers: what a missing optional dependency says, and the
 leaderboard's bookkeeping (the goal and cost sections, stored runs checked against their rows)."""
 
-import importlib
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture
-def script(monkeypatch):
-    """Import a ``benchmarks/`` script by name, as the scripts import each other."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module
 
 
 def test_plots_without_matplotlib_end_in_one_line_naming_the_extra(script, monkeypatch, capsys):

@@ -1,0 +1,304 @@
+"""The cost frontier: what each configuration's quality costs in training and evaluation time.
+
+    python benchmarks/leaderboard.py --suite frontier --dataset ml-100k --length 200 --seeds 1
+    python benchmarks/frontier.py --time Hydra,HSTU,chunk-25 --dataset ml-1m --length 200 \
+        [--rounds 5]
+    python benchmarks/frontier.py --dataset ml-100k --length 200       # the report only
+
+Quality comes from the leaderboard harness: every stored run of the ``leaderboard``,
+``ablations`` and ``frontier`` suites at this dataset and length (``leaderboard.py --suite
+frontier`` trains the ``FRONTIER`` rows: Hydra made cheaper one way at a time). A row's point is
+its mean test NDCG@10 over its seeds, masked and unmasked.
+
+Cost comes from paired timings (``--time``): the named rows, each built with the config its
+leaderboard run trains with, all in ONE fresh process on the same threads, then ``--rounds``
+rounds of one training epoch of each (RecBole's ``_train_epoch``, data loading included) and one
+full-ranking validation of each, the order rotated every round so that no row always runs first.
+Each row's figure is the median over rounds; a ratio between two rows is the median of their
+per-round ratios, which only rows of the same ``--time`` call have. Calls are stored in
+``benchmarks/results/frontier/<dataset>-<length>-times.json`` (appended), and the report,
+``benchmarks/results/frontier-<dataset>-<length>.md/.png``, is rewritten after each call. Rows
+without a paired timing are plotted at their training runs' median s/epoch, hollow: those runs
+were not paired and may have shared the cores.
+
+Rows that differ only in ``chunk_size`` compute the same function (the SSD's chunk length is a
+speed knob): they need a timing, not a training run, and take their base row's quality.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import harness  # benchmarks/harness.py
+import leaderboard  # benchmarks/leaderboard.py
+
+REPO = Path(__file__).resolve().parent.parent
+SUITES = ("leaderboard", "ablations", "frontier")  # where quality is read, first name wins
+#: timing-only rows: name -> (the row whose quality they share, the speed-only keys they change)
+SPEED_ONLY = {f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)}
+
+
+def all_rows(args):
+    """Every row of every suite as name -> (model, config, tuned keys), first suite first, and
+    the speed-only rows on top of their base row."""
+    rows = {}
+    for suite in SUITES:
+        suite_args = argparse.Namespace(**{**vars(args), "suite": suite})
+        for name, row in leaderboard.suite_rows(suite_args).items():
+            rows.setdefault(name, row)
+    for name, (base, keys) in SPEED_ONLY.items():
+        model, config, tuned = rows[base]
+        rows[name] = (model, {**config, **keys}, tuned)
+    return rows
+
+
+def _build(model_name, dataset, config_dict):
+    """RecBole's data, the model and its trainer for one row, in this process."""
+    from recbole.data import data_preparation
+
+    from recbole_hydra.config import make_config
+    from recbole_hydra.registry import build_model, create_dataset, get_trainer
+
+    config = make_config(model_name, dataset, config_dict=config_dict)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = build_model(config, train._dataset)
+    return model, get_trainer(config)(config, model), train, valid
+
+
+def time_worker(spec):
+    """The paired rounds of one ``--time`` call, in this process."""
+    import torch
+
+    from recbole_hydra.layers import kernels
+
+    kernels.cpu_kernels(torch.zeros(1))  # built or loaded once, before any clock runs
+    built = {
+        name: _build(model, spec["dataset"], config)
+        for name, (model, config) in spec["rows"].items()
+    }
+    names = list(built)
+    rounds = []
+    for r in range(spec["rounds"]):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        timed = {}
+        for name in order:
+            model, trainer, train, valid = built[name]
+            t0 = time.perf_counter()
+            trainer._train_epoch(train, r, show_progress=False)
+            train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            trainer.evaluate(valid, load_best_model=False, show_progress=False)
+            timed[name] = {"train_s": train_s, "eval_s": time.perf_counter() - t0}
+        rounds.append({"order": order, "times": timed})
+        print(f"round {r + 1}/{spec['rounds']}: {json.dumps(timed)}", file=sys.stderr, flush=True)
+    params = {name: sum(p.numel() for p in built[name][0].parameters()) for name in names}
+    harness.emit({"rounds": rounds, "params": params, "threads": torch.get_num_threads()})
+
+
+def paired(call, name, base, phase="train_s"):
+    """Median over the call's rounds of ``name``'s time over ``base``'s, and its range."""
+    ratios = [r["times"][name][phase] / r["times"][base][phase] for r in call["rounds"]]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def pareto(points):
+    """Indices of the points no other point beats: none at most as costly and at least as good
+    with one of the two strictly. ``points``: (cost, quality) pairs."""
+    return [
+        i
+        for i, (cost, quality) in enumerate(points)
+        if not any(
+            c <= cost and q >= quality and (c < cost or q > quality)
+            for j, (c, q) in enumerate(points)
+            if j != i
+        )
+    ]
+
+
+def quality(args, timed):
+    """Stored runs at this dataset and length, by row (first suite wins), for rows trained at
+    ``--length`` (a length row's epochs hold other windows, not another configuration's), and
+    each timed speed-only row with its base row's runs."""
+    by_row = {}
+    for suite in SUITES:
+        store = Path(args.out) / suite / f"{args.dataset}-{args.length}"
+        runs = {}
+        for path in sorted(store.glob("*.json")):
+            run = json.loads(path.read_text())
+            if run["config"].get("MAX_ITEM_LIST_LENGTH") == args.length:
+                runs.setdefault(run["variant"], []).append(run)
+        for name, group in runs.items():
+            by_row.setdefault(name, group)
+    for name, (base, _) in SPEED_ONLY.items():
+        if base in by_row and name in timed:
+            by_row[name] = by_row[base]
+    return by_row
+
+
+def times_path(args):
+    return Path(args.out) / "frontier" / f"{args.dataset}-{args.length}-times.json"
+
+
+def latest_timings(calls):
+    """Each row's median train and eval seconds from the latest call that timed it."""
+    out = {}
+    for k, call in enumerate(calls):
+        for name in call["rounds"][0]["times"]:
+            rounds = [r["times"][name] for r in call["rounds"]]
+            out[name] = {
+                "call": k + 1,
+                **{
+                    phase: statistics.median(t[phase] for t in rounds)
+                    for phase in ("train_s", "eval_s")
+                },
+            }
+    return out
+
+
+def write_report(args):
+    path = times_path(args)
+    calls = json.loads(path.read_text()) if path.exists() else []
+    timed = latest_timings(calls)
+    by_row = quality(args, timed)
+    lines = harness.header(
+        f"Cost frontier: {args.dataset}, length {args.length}",
+        harness.command(),
+        calls[-1]["hardware"] if calls else harness.machine(),
+        "Quality: mean test NDCG@10 over the seeds of each row's stored leaderboard runs "
+        "(suites " + ", ".join(SUITES) + "). Cost: medians of paired rounds where a row was timed "
+        "(`--time`; ratios only within one call), else its training runs' median s/epoch (not "
+        "paired: marked `~`). Frontier: no other row at most as costly and at least as good.",
+    )
+    rows, points = [], {"masked": [], "unmasked": []}
+    names = [n for n in by_row if n in timed] + [n for n in by_row if n not in timed]
+    for name in names:
+        group = by_row[name]
+        cost = timed[name]["train_s"] if name in timed else None
+        if cost is None:
+            cost = statistics.median(r["train_s_per_epoch"] for r in group)
+        ndcg = {p: statistics.mean(r[p]["test"]["ndcg@10"] for r in group) for p in points}
+        for p in points:
+            points[p].append((cost, ndcg[p]))
+        rows.append(
+            [
+                name,
+                len(group),
+                group[0]["n_params"],
+                f"{cost:.1f}" + ("" if name in timed else " ~"),
+                f"{timed[name]['eval_s']:.1f}" if name in timed else "-",
+                timed[name]["call"] if name in timed else "-",
+                f"{ndcg['masked']:.4f}",
+                f"{ndcg['unmasked']:.4f}",
+            ]
+        )
+    on_front = {p: set(pareto(points[p])) for p in points}
+    for i, row in enumerate(rows):
+        row.append(" ".join(p for p in ("masked", "unmasked") if i in on_front[p]) or "-")
+    lines += ["## Points", ""]
+    head = ["row", "n", "params", "train s/epoch", "eval s", "paired call"]
+    head += ["masked", "unmasked", "frontier"]
+    lines += harness.table(head, rows, "lrrrrrrrl") + [""]
+    for k, call in enumerate(calls):
+        lines += [f"## Paired call {k + 1}: {len(call['rounds'])} rounds", ""]
+        lines += [f"Command: `{call['command']}`  ", f"Hardware: {call['hardware']}", ""]
+        names_k = list(call["rounds"][0]["times"])
+        base = "HSTU" if "HSTU" in names_k else names_k[0]
+        cells = []
+        for name in names_k:
+            per_round = [r["times"][name] for r in call["rounds"]]
+            cell = [name, call["params"][name]]
+            for phase in ("train_s", "eval_s"):
+                values = [t[phase] for t in per_round]
+                median, low, high = paired(call, name, base, phase)
+                cell += [
+                    f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})",
+                    f"{median:.3f} ({low:.3f}-{high:.3f})",
+                ]
+            cells.append(cell)
+        head = ["row", "params", "train s", f"train / {base}", "eval s", f"eval / {base}"]
+        lines += ["Median over rounds (range); ratios: median of per-round ratios (range).", ""]
+        lines += harness.table(head, cells, "lrrrrr") + [""]
+    harness.write_report(Path(args.out) / f"frontier-{args.dataset}-{args.length}.md", lines)
+    if rows:
+        plot(names, points, on_front, timed, args)
+
+
+def plot(names, points, on_front, timed, args):
+    plt = harness.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, protocol in zip(axes, ("masked", "unmasked")):
+        xy = points[protocol]
+        front = sorted(on_front[protocol], key=lambda i: xy[i][0])
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-", color="0.6", zorder=1)
+        for i, name in enumerate(names):
+            colour = "C0" if name.startswith(("Hydra", "chunk", "d_state", "heads")) else "C3"
+            face = colour if name in timed else "none"
+            ax.scatter(*xy[i], s=30, edgecolors=colour, facecolors=face, zorder=2)
+            ax.annotate(name, xy[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("training s / epoch (filled: paired median; hollow: its runs, not paired)")
+        ax.set_ylabel(f"test NDCG@10, {protocol}")
+        ax.set_title(f"{args.dataset}, length {args.length}, {protocol}")
+    harness.save_png(fig, Path(args.out) / f"frontier-{args.dataset}-{args.length}.png")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--length", type=int, default=200, help="MAX_ITEM_LIST_LENGTH")
+    parser.add_argument("--time", help="comma-separated rows to time against each other, paired")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--data_path", default=str(REPO / "dataset"))
+    parser.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results"), help="where results are written"
+    )
+    parser.add_argument(
+        "--tuned", default=str(REPO / "properties" / "leaderboard"), help="tuned configs"
+    )
+    parser.add_argument(
+        "--workdir", default=str(REPO / "saved" / "frontier"), help="the timing calls' logs"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return time_worker(json.loads(args.worker))
+    harness.pyplot()
+    if args.time:
+        if args.rounds < 1:
+            parser.error("--rounds must be >= 1")
+        rows = all_rows(args)
+        names = [n for n in args.time.split(",") if n]
+        unknown = [n for n in names if n not in rows]
+        if unknown or len(set(names)) < 2:
+            parser.error(
+                f"unknown row {unknown[0]!r}: one of {', '.join(rows)}"
+                if unknown
+                else "--time needs two different rows or more: a ratio needs a pair"
+            )
+        spec = {"dataset": args.dataset, "rounds": args.rounds, "rows": {}}
+        for name in names:
+            model, config, tuned = rows[name]
+            config = {**leaderboard.base_config(args, 2020, config, {}), **tuned}
+            spec["rows"][name] = (model, config)
+        log = Path(args.workdir) / f"{args.dataset}-{args.length}-times.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"timing {', '.join(names)}: {args.rounds} rounds, paired (log {log})", flush=True)
+        argv = [os.path.abspath(__file__), "--worker", json.dumps(spec)]
+        done = harness.run_fresh(argv, cwd=log.parent, stderr_path=log)
+        if not done.ok:
+            print(f"the paired timing failed ({done.error()}): see {log}", file=sys.stderr)
+            return 1
+        path = times_path(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        calls = json.loads(path.read_text()) if path.exists() else []
+        calls.append({**done.result, "command": harness.command(), "hardware": harness.machine()})
+        path.write_text(json.dumps(calls, indent=1))
+    write_report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""benchmarks/frontier.py: the paired rounds, the frontier's points and what its report pairs."""
+
+import json
+import random
+
+import pytest
+
+from recbole_hydra.config import make_config
+from tests.conftest import TINY_HYDRA, ml100k_slice, quiet_config
+
+
+def test_the_frontier_holds_exactly_the_points_nothing_beats(script):
+    frontier = script("frontier")
+    rng = random.Random(0)
+    points = [(rng.randint(1, 8), rng.randint(1, 8)) for _ in range(40)]  # ties on purpose
+    front = set(frontier.pareto(points))
+
+    def beats(a, b):  # a at most as costly, at least as good, better in one
+        return a[0] <= b[0] and a[1] >= b[1] and a != b
+
+    for i, p in enumerate(points):
+        beaten = any(beats(q, p) for q in points)
+        assert (i in front) == (not beaten), (p, sorted(points[j] for j in front))
+    assert frontier.pareto([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]  # equal points both stay
+
+
+def test_paired_rounds_rotate_the_order_and_time_every_row(script, tmp_path, capsys):
+    frontier = script("frontier")
+    path = ml100k_slice(tmp_path)
+    hstu = {k: TINY_HYDRA[k] for k in ("hidden_size", "n_layers", "MAX_ITEM_LIST_LENGTH")}
+    rows = {
+        "Hydra": ("Hydra", quiet_config(path, **TINY_HYDRA)),
+        "HSTU": ("HSTU", quiet_config(path, **hstu, num_negatives=16)),
+        "chunk-4": ("Hydra", quiet_config(path, **{**TINY_HYDRA, "chunk_size": 4})),
+    }
+    frontier.time_worker({"dataset": "ml-100k-slice", "rounds": 4, "rows": rows})
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(line[line.index("{") :])
+    orders = [r["order"] for r in result["rounds"]]
+    assert orders == [
+        ["Hydra", "HSTU", "chunk-4"],
+        ["HSTU", "chunk-4", "Hydra"],
+        ["chunk-4", "Hydra", "HSTU"],
+        ["Hydra", "HSTU", "chunk-4"],
+    ]
+    for r in result["rounds"]:
+        assert set(r["times"]) == set(rows)
+        assert all(t["train_s"] > 0 and t["eval_s"] > 0 for t in r["times"].values())
+    assert result["params"]["Hydra"] == result["params"]["chunk-4"]  # a speed-only knob
+    assert result["params"]["Hydra"] != result["params"]["HSTU"]
+    config = make_config("Hydra", "ml-100k-slice", config_dict=rows["Hydra"][1])
+    assert config["chunk_size"] == TINY_HYDRA["chunk_size"]  # the rows' own configs were built
+
+
+def _run(variant, seed, masked, unmasked, s_per_epoch, length=200):
+    return {
+        "variant": variant,
+        "seed": seed,
+        "config": {"MAX_ITEM_LIST_LENGTH": length},
+        "n_params": 100,
+        "train_s_per_epoch": s_per_epoch,
+        "masked": {"test": {"ndcg@10": masked}},
+        "unmasked": {"test": {"ndcg@10": unmasked}},
+    }
+
+
+def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path):
+    pytest.importorskip("matplotlib")
+    frontier = script("frontier")
+    out = tmp_path / "results"
+    stores = {s: out / s / "ml-100k-200" for s in frontier.SUITES}
+    for store in stores.values():
+        store.mkdir(parents=True)
+    runs = {
+        "leaderboard": [_run("Hydra", 2020, 0.10, 0.05, 9.0), _run("Hydra", 2021, 0.12, 0.07, 11.0)]
+        + [_run("HSTU", 2020, 0.06, 0.04, 4.0)],
+        # the same row in a later suite is the first suite's: not counted twice
+        "ablations": [_run("Hydra", 2020, 0.5, 0.5, 1.0), _run("heads-2", 2020, 0.09, 0.05, 6.0)]
+        + [_run("length-50", 2020, 0.2, 0.2, 1.0, length=50)],  # another length: not a point
+    }
+    for suite, group in runs.items():
+        for r in group:
+            (stores[suite] / f"{r['variant']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    # per-round Hydra / HSTU: 0.5, 2.0, 0.5 -> median 0.5 (the ratio of medians would be 0.75)
+    rounds = [
+        {"order": [], "times": {"HSTU": {"train_s": a, "eval_s": 1.0}, **b}}
+        for a, b in (
+            (
+                10.0,
+                {
+                    "Hydra": {"train_s": 5.0, "eval_s": 2.0},
+                    "chunk-25": {"train_s": 4.0, "eval_s": 2.0},
+                },
+            ),
+            (
+                20.0,
+                {
+                    "Hydra": {"train_s": 40.0, "eval_s": 2.0},
+                    "chunk-25": {"train_s": 8.0, "eval_s": 2.0},
+                },
+            ),
+            (
+                30.0,
+                {
+                    "Hydra": {"train_s": 15.0, "eval_s": 2.0},
+                    "chunk-25": {"train_s": 12.0, "eval_s": 2.0},
+                },
+            ),
+        )
+    ]
+    call = {"rounds": rounds, "params": {"HSTU": 1, "Hydra": 2, "chunk-25": 2}}
+    times = out / "frontier" / "ml-100k-200-times.json"
+    times.write_text(json.dumps([{**call, "command": "c", "hardware": "h"}]))
+    args = frontier.argparse.Namespace(dataset="ml-100k", length=200, out=str(out))
+    frontier.write_report(args)
+    report = (out / "frontier-ml-100k-200.md").read_text()
+    points = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in report.split("## Points")[1].split("## Paired")[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| row")
+    }
+    assert set(points) == {"Hydra", "HSTU", "chunk-25", "heads-2"}
+    assert points["Hydra"][1] == "2" and points["Hydra"][6] == "0.1100"  # its 2 leaderboard seeds
+    assert points["chunk-25"][6] == "0.1100"  # a speed-only row: the base row's quality
+    assert points["Hydra"][3] == "15.0" and points["heads-2"][3] == "6.0 ~"  # paired; not paired
+    assert points["Hydra"][5] == "1" and points["heads-2"][5] == "-"
+    paired = report.split("## Paired call 1")[1]
+    hydra = next(line for line in paired.splitlines() if line.startswith("| Hydra |"))
+    assert "0.500 (0.500-2.000)" in hydra
+    # medians: heads-2 6 s ~ (0.09), chunk-25 8 s (0.11), Hydra 15 s (0.11), HSTU 20 s (0.06)
+    assert points["heads-2"][-1].strip(" |") == "masked unmasked"  # the cheapest
+    assert points["chunk-25"][-1].strip(" |") == "masked unmasked"  # the best at its cost
+    assert points["Hydra"][-1].strip(" |") == "-"  # chunk-25 is as good and cheaper
+    assert points["HSTU"][-1].strip(" |") == "-"
+    assert (out / "frontier-ml-100k-200.png").exists()
+
+
+def test_timing_needs_a_pair_of_known_rows(script, tmp_path, capsys):
+    frontier = script("frontier")
+    base = ["--dataset", "ml-100k", "--out", str(tmp_path), "--workdir", str(tmp_path / "w")]
+    for rows, says in (
+        ("Hydra", "--time needs two different rows or more: a ratio needs a pair"),
+        ("Hydra,Hydra", "--time needs two different rows or more: a ratio needs a pair"),
+        ("Hydra,Nope", "unknown row 'Nope': one of Hydra, "),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            frontier.main([*base, "--time", rows])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err.splitlines()[-1]
+    assert not (tmp_path / "w").exists()  # nothing ran
