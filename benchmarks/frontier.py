@@ -17,7 +17,7 @@ full-ranking validation of each, the order rotated every round so that no row al
 Each row's figure is the median over rounds; a ratio between two rows is the median of their
 per-round ratios, which only rows of the same ``--time`` call have. Calls are stored in
 ``benchmarks/results/frontier/<dataset>-<length>-times.json`` (appended), and the report,
-``benchmarks/results/frontier-<dataset>-<length>.md/.png``, is rewritten after each call. Rows
+``benchmarks/results/cost-frontier-<dataset>-<length>.md/.png``, is rewritten after each call. Rows
 without a paired timing are plotted at their training runs' median s/epoch, hollow: those runs
 were not paired and may have shared the cores.
 
@@ -139,6 +139,11 @@ def quality(args, timed):
     return by_row
 
 
+def report_path(args, suffix):
+    """``cost-frontier-...``: ``frontier-...`` is the report of leaderboard.py's frontier suite."""
+    return Path(args.out) / f"cost-frontier-{args.dataset}-{args.length}.{suffix}"
+
+
 def times_path(args):
     return Path(args.out) / "frontier" / f"{args.dataset}-{args.length}-times.json"
 
@@ -222,12 +227,15 @@ def write_report(args):
         head = ["row", "params", "train s", f"train / {base}", "eval s", f"eval / {base}"]
         lines += ["Median over rounds (range); ratios: median of per-round ratios (range).", ""]
         lines += harness.table(head, cells, "lrrrrr") + [""]
-    harness.write_report(Path(args.out) / f"frontier-{args.dataset}-{args.length}.md", lines)
+    harness.write_report(report_path(args, "md"), lines)
     if rows:
-        plot(names, points, on_front, timed, args)
+        hydra = {n for n in names if by_row[n][0].get("model") == "Hydra"}
+        plot(names, points, on_front, timed, hydra, args)
 
 
-def plot(names, points, on_front, timed, args):
+def plot(names, points, on_front, timed, hydra, args):
+    """Quality against training seconds per epoch, both protocols: Hydra's rows blue, the
+    baselines red, the frontier joined by a grey line."""
     plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, protocol in zip(axes, ("masked", "unmasked")):
@@ -235,14 +243,14 @@ def plot(names, points, on_front, timed, args):
         front = sorted(on_front[protocol], key=lambda i: xy[i][0])
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-", color="0.6", zorder=1)
         for i, name in enumerate(names):
-            colour = "C0" if name.startswith(("Hydra", "chunk", "d_state", "heads")) else "C3"
+            colour = "C0" if name in hydra else "C3"
             face = colour if name in timed else "none"
             ax.scatter(*xy[i], s=30, edgecolors=colour, facecolors=face, zorder=2)
             ax.annotate(name, xy[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("training s / epoch (filled: paired median; hollow: its runs, not paired)")
         ax.set_ylabel(f"test NDCG@10, {protocol}")
-        ax.set_title(f"{args.dataset}, length {args.length}, {protocol}")
-    harness.save_png(fig, Path(args.out) / f"frontier-{args.dataset}-{args.length}.png")
+        ax.set_title(f"{args.dataset}, length {args.length}, {protocol} (blue: Hydra)")
+    harness.save_png(fig, report_path(args, "png"))
 
 
 def main(argv=None):

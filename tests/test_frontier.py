@@ -111,9 +111,12 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
     call = {"rounds": rounds, "params": {"HSTU": 1, "Hydra": 2, "chunk-25": 2}}
     times = out / "frontier" / "ml-100k-200-times.json"
     times.write_text(json.dumps([{**call, "command": "c", "hardware": "h"}]))
+    suite_report = out / "frontier-ml-100k-200.md"  # leaderboard.py's frontier suite writes it
+    suite_report.write_text("the suite's report")
     args = frontier.argparse.Namespace(dataset="ml-100k", length=200, out=str(out))
     frontier.write_report(args)
-    report = (out / "frontier-ml-100k-200.md").read_text()
+    assert suite_report.read_text() == "the suite's report"
+    report = (out / "cost-frontier-ml-100k-200.md").read_text()
     points = {
         line.split(" | ")[0].strip("| "): line.split(" | ")
         for line in report.split("## Points")[1].split("## Paired")[0].splitlines()
@@ -132,7 +135,7 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
     assert points["chunk-25"][-1].strip(" |") == "masked unmasked"  # the best at its cost
     assert points["Hydra"][-1].strip(" |") == "-"  # chunk-25 is as good and cheaper
     assert points["HSTU"][-1].strip(" |") == "-"
-    assert (out / "frontier-ml-100k-200.png").exists()
+    assert (out / "cost-frontier-ml-100k-200.png").exists()
 
 
 def test_timing_needs_a_pair_of_known_rows(script, tmp_path, capsys):
