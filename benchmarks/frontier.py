@@ -39,7 +39,10 @@ import leaderboard  # benchmarks/leaderboard.py
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ("leaderboard", "ablations", "frontier")  # where quality is read, first name wins
 #: timing-only rows: name -> (the row whose quality they share, the speed-only keys they change)
-SPEED_ONLY = {f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)}
+SPEED_ONLY = {
+    **{f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)},
+    **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
+}
 
 
 def all_rows(args):
@@ -176,7 +179,9 @@ def write_report(args):
         "Quality: mean test NDCG@10 over the seeds of each row's stored leaderboard runs "
         "(suites " + ", ".join(SUITES) + "). Cost: medians of paired rounds where a row was timed "
         "(`--time`; ratios only within one call), else its training runs' median s/epoch (not "
-        "paired: marked `~`). Frontier: no other row at most as costly and at least as good.",
+        "paired: marked `~`). Frontier: no other row at most as costly and at least as good. "
+        "Peak RSS: median over the row's training runs (each its own process: data, training and "
+        "evaluation).",
     )
     rows, points = [], {"masked": [], "unmasked": []}
     names = [n for n in by_row if n in timed] + [n for n in by_row if n not in timed]
@@ -196,6 +201,7 @@ def write_report(args):
                 f"{cost:.1f}" + ("" if name in timed else " ~"),
                 f"{timed[name]['eval_s']:.1f}" if name in timed else "-",
                 timed[name]["call"] if name in timed else "-",
+                f"{statistics.median(r['peak_rss_mb'] for r in group):.0f}",
                 f"{ndcg['masked']:.4f}",
                 f"{ndcg['unmasked']:.4f}",
             ]
@@ -204,9 +210,9 @@ def write_report(args):
     for i, row in enumerate(rows):
         row.append(" ".join(p for p in ("masked", "unmasked") if i in on_front[p]) or "-")
     lines += ["## Points", ""]
-    head = ["row", "n", "params", "train s/epoch", "eval s", "paired call"]
+    head = ["row", "n", "params", "train s/epoch", "eval s", "paired call", "peak RSS MB"]
     head += ["masked", "unmasked", "frontier"]
-    lines += harness.table(head, rows, "lrrrrrrrl") + [""]
+    lines += harness.table(head, rows, "lrrrrrrrrl") + [""]
     for k, call in enumerate(calls):
         lines += [f"## Paired call {k + 1}: {len(call['rounds'])} rounds", ""]
         lines += [f"Command: `{call['command']}`  ", f"Hardware: {call['hardware']}", ""]

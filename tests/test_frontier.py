@@ -52,13 +52,14 @@ def test_paired_rounds_rotate_the_order_and_time_every_row(script, tmp_path, cap
     assert config["chunk_size"] == TINY_HYDRA["chunk_size"]  # the rows' own configs were built
 
 
-def _run(variant, seed, masked, unmasked, s_per_epoch, length=200):
+def _run(variant, seed, masked, unmasked, s_per_epoch, length=200, peak_rss_mb=100.0):
     return {
         "variant": variant,
         "seed": seed,
         "config": {"MAX_ITEM_LIST_LENGTH": length},
         "n_params": 100,
         "train_s_per_epoch": s_per_epoch,
+        "peak_rss_mb": peak_rss_mb,
         "masked": {"test": {"ndcg@10": masked}},
         "unmasked": {"test": {"ndcg@10": unmasked}},
     }
@@ -72,7 +73,10 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
     for store in stores.values():
         store.mkdir(parents=True)
     runs = {
-        "leaderboard": [_run("Hydra", 2020, 0.10, 0.05, 9.0), _run("Hydra", 2021, 0.12, 0.07, 11.0)]
+        "leaderboard": [
+            _run("Hydra", 2020, 0.10, 0.05, 9.0, peak_rss_mb=100.0),
+            _run("Hydra", 2021, 0.12, 0.07, 11.0, peak_rss_mb=300.0),
+        ]
         + [_run("HSTU", 2020, 0.06, 0.04, 4.0)],
         # the same row in a later suite is the first suite's: not counted twice
         "ablations": [_run("Hydra", 2020, 0.5, 0.5, 1.0), _run("heads-2", 2020, 0.09, 0.05, 6.0)]
@@ -123,8 +127,9 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
         if line.startswith("| ") and not line.startswith("| row")
     }
     assert set(points) == {"Hydra", "HSTU", "chunk-25", "heads-2"}
-    assert points["Hydra"][1] == "2" and points["Hydra"][6] == "0.1100"  # its 2 leaderboard seeds
-    assert points["chunk-25"][6] == "0.1100"  # a speed-only row: the base row's quality
+    assert points["Hydra"][1] == "2" and points["Hydra"][7] == "0.1100"  # its 2 leaderboard seeds
+    assert points["chunk-25"][7] == "0.1100"  # a speed-only row: the base row's quality
+    assert points["Hydra"][6] == "200" and points["HSTU"][6] == "100"  # median of its runs' peaks
     assert points["Hydra"][3] == "15.0" and points["heads-2"][3] == "6.0 ~"  # paired; not paired
     assert points["Hydra"][5] == "1" and points["heads-2"][5] == "-"
     paired = report.split("## Paired call 1")[1]
