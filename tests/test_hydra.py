@@ -5,6 +5,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_hydra.layers.hydra_layer import HydraLayer
+from recbole_hydra.layers.rope import RotaryEmbedding
 from recbole_hydra.model.hydra import Hydra
 from tests.model_helpers import SMALL_HYDRA, build_model, random_batch
 
@@ -169,3 +170,40 @@ def test_ablations_change_the_layer():
 def test_bad_norm_placement_is_a_clear_error():
     with pytest.raises(ValueError, match="norm must be one of"):
         HydraLayer(8, 2, 4, 6, norm="sandwich", d_state=5, chunk_size=4)
+
+
+def test_rope_rotates_each_pair_and_its_backward_is_the_inverse_rotation():
+    """RoPE against a loop over (position, head, pair) in float64, gradients against autograd of
+    that loop, and the kept cos/sin table against lengths and dtypes that change between calls."""
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(6).double()
+    freq = rope.inv_freq  # the module's own frequencies (float32 values, see the layer test)
+
+    def reference(x):
+        rows = []
+        for t in range(x.shape[1]):
+            heads = []
+            for h in range(x.shape[2]):
+                first, second = [], []
+                for j in range(3):
+                    a, b, angle = x[:, t, h, j], x[:, t, h, j + 3], t * freq[j]
+                    first.append(a * torch.cos(angle) - b * torch.sin(angle))
+                    second.append(b * torch.cos(angle) + a * torch.sin(angle))
+                heads.append(torch.stack(first + second, -1))
+            rows.append(torch.stack(heads, 1))
+        return torch.stack(rows, 1)
+
+    for length in (4, 7, 2):  # the table grows, then a shorter call reads its first rows
+        x = torch.randn(2, length, 3, 6, dtype=torch.float64, requires_grad=True)
+        got, want = rope(x), reference(x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(want)
+        (g_got,) = torch.autograd.grad(got, x, grad)
+        (g_want,) = torch.autograd.grad(want, x, grad)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():  # the no-grad path and explicit positions give the same rotation
+            torch.testing.assert_close(rope(x), want)
+            torch.testing.assert_close(rope(x, positions=torch.arange(length)), want)
+    assert rope(x.float()).dtype == torch.float32  # a dtype change rebuilds the table
+    shifted = rope(x, positions=torch.arange(5, 5 + x.shape[1]))
+    assert not torch.allclose(shifted, rope(x))
