@@ -210,9 +210,17 @@ def write_report(args):
     for i, row in enumerate(rows):
         row.append(" ".join(p for p in ("masked", "unmasked") if i in on_front[p]) or "-")
     lines += ["## Points", ""]
-    head = ["row", "n", "params", "train s/epoch", "eval s", "paired call", "peak RSS MB"]
-    head += ["masked", "unmasked", "frontier"]
-    lines += harness.table(head, rows, "lrrrrrrrrl") + [""]
+    if rows:
+        head = ["row", "n", "params", "train s/epoch", "eval s", "paired call", "peak RSS MB"]
+        head += ["masked", "unmasked", "frontier"]
+        lines += harness.table(head, rows, "lrrrrrrrrl") + [""]
+    else:
+        lines += [
+            "No quality yet: no stored leaderboard run at this dataset and length (`python "
+            f"benchmarks/leaderboard.py --dataset {args.dataset} --length {args.length}` "
+            "trains them); the paired timings below are cost only.",
+            "",
+        ]
     for k, call in enumerate(calls):
         lines += [f"## Paired call {k + 1}: {len(call['rounds'])} rounds", ""]
         lines += [f"Command: `{call['command']}`  ", f"Hardware: {call['hardware']}", ""]

@@ -157,3 +157,27 @@ def test_timing_needs_a_pair_of_known_rows(script, tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err.splitlines()[-1]
     assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_a_report_of_timings_without_quality_says_so(script, tmp_path):
+    pytest.importorskip("matplotlib")
+    frontier = script("frontier")
+    out = tmp_path / "results"
+    times = out / "frontier" / "ml-1m-50-times.json"
+    times.parent.mkdir(parents=True)
+    rounds = [
+        {
+            "order": [],
+            "times": {
+                "HSTU": {"train_s": 2.0, "eval_s": 1.0},
+                "Hydra": {"train_s": 3.0, "eval_s": 1.0},
+            },
+        }
+    ]
+    call = {"rounds": rounds, "params": {"HSTU": 1, "Hydra": 2}, "command": "c", "hardware": "h"}
+    times.write_text(json.dumps([call]))
+    frontier.write_report(frontier.argparse.Namespace(dataset="ml-1m", length=50, out=str(out)))
+    report = (out / "cost-frontier-ml-1m-50.md").read_text()
+    points = report.split("## Points")[1].split("## Paired")[0]
+    assert "No quality yet" in points and "| row" not in points
+    assert "| Hydra | 2 | 3.0 (3.0-3.0) | 1.500 (1.500-1.500)" in report
