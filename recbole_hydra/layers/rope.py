@@ -23,9 +23,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, sign: float) -> Tensor:
 
 class _Rotation(torch.autograd.Function):
     """``_rotate`` with its backward written out: a rotation's transpose is the rotation by minus
-    the angle, so backward turns the gradient back and keeps only ``cos`` and ``sin`` (never x).
-    Autograd of the plain expression keeps x's halves and runs four products, a sum and a
-    concatenation each way."""
+    the angle, so backward turns the gradient back with the same two passes (autograd of the
+    plain expression runs four products, a sum, a difference and a concatenation each way)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
