@@ -107,6 +107,9 @@ FRONTIER = {
     "layers-1": ("Hydra", {"n_layers": 1}),
     "ffn-32": ("Hydra", {"ffn_inner_size": 32}),
     "expand-1-d_state-16": ("Hydra", {"expand": 1, "d_state": 16}),
+    # one B and one C for all heads: the conv's channels per token 384 -> 192 at the default sizes
+    "shared-bc": ("Hydra", {"share_bc": True}),
+    "layers-1-shared-bc": ("Hydra", {"n_layers": 1, "share_bc": True}),
 }
 SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS, "frontier": FRONTIER}
 TITLES = {

@@ -137,6 +137,7 @@ _HYDRA = {
     "d_conv": _positive_int(),
     "ssd_headdim": _positive_int(none="expand * head_size"),
     "chunk_size": _positive_int(),
+    "share_bc": Key(bool),
     "dropout_prob": _PROBABILITY,
     "hidden_dropout_prob": _PROBABILITY,
     "ffn_inner_size": _positive_int(none="hidden_size"),

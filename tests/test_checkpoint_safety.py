@@ -61,7 +61,7 @@ def test_a_checkpoint_from_before_a_key_existed_loads_as_it_was_trained(saved_ru
     behaviour the model had before: the old checkpoint evaluates exactly as it did."""
     _, _, result = saved_run
     saved = torch.load(result["model_file"], weights_only=True)
-    for key in ("norm_placement", "rope_on_z", "gate_with_z", "seen_item_negatives"):
+    for key in ("norm_placement", "rope_on_z", "gate_with_z", "seen_item_negatives", "share_bc"):
         del saved["config"]["final_config_dict"][key]
     older = tmp_path / "older.pth"
     torch.save(saved, older)

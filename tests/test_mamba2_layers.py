@@ -46,6 +46,7 @@ BLOCKS = {
     "mamba2_g1": lambda **kw: mamba2(ngroups=1, headdim=8, **kw),
     "latent": latent,
     "latent_multihead": lambda **kw: latent(headdim=2, ngroups=2, **kw),
+    "latent_shared_bc": lambda **kw: latent(headdim=4, share_bc=True, **kw),
 }
 
 
@@ -214,6 +215,59 @@ def test_latent_equals_separate_blocks(headdim, ngroups):
     assert close(cache.ssm_state, torch.cat([c.ssm_state for c in caches], 1))
 
 
+def reference_latent_shared_bc(block: MultiHeadLatentMamba2, u):
+    """The latent block with B and C shared, written out head by head: each head's z, x, dt
+    from its own slice of u, one B and one C from all of u, the conv and the SSM as plain loops,
+    one RMS norm per head."""
+    b, l, _ = u.shape
+    v, dh, di, n = block.n_heads, block.d_head, block.d_inner_block, block.d_state
+    hb, p, k_width = block.nheads_block, block.headdim, block.d_conv
+    weight, bias = block.conv1d.weight[:, 0], block.conv1d.bias
+
+    def conv_silu(seq, channels):
+        out = torch.zeros_like(seq) + bias[channels]
+        for t in range(l):
+            for k in range(k_width):
+                if t - (k_width - 1) + k >= 0:
+                    out[:, t] += weight[channels, k] * seq[:, t - (k_width - 1) + k]
+        return F.silu(out)
+
+    B, C = conv_silu(u @ block.bc_proj_weight, slice(v * di, v * di + 2 * n)).split(n, dim=-1)
+    A = -torch.exp(block.A_log)
+    outs = []
+    for i in range(v):
+        heads, inner = slice(i * hb, (i + 1) * hb), slice(i * di, (i + 1) * di)
+        z, x_in, dt = (u[..., i * dh : (i + 1) * dh] @ block.in_proj_weight[i]).split(
+            [di, di, hb], dim=-1
+        )
+        x = conv_silu(x_in, inner).reshape(b, l, hb, p)
+        dt = F.softplus(dt + block.dt_bias[heads])
+        state = torch.zeros(b, hb, p, n, dtype=u.dtype)
+        ys = []
+        for t in range(l):
+            decay = torch.exp(dt[:, t] * A[heads])[..., None, None]
+            state = (
+                decay * state + dt[:, t, :, None, None] * x[:, t, ..., None] * B[:, t, None, None]
+            )
+            ys.append((state * C[:, t, None, None]).sum(-1) + block.D[heads, None] * x[:, t])
+        y = torch.stack(ys, 1).reshape(b, l, di) * F.silu(z)
+        y = y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * block.norm.weight[inner]
+        outs.append(y @ block.out_proj_weight[i])
+    return torch.cat(outs, dim=-1)
+
+
+@pytest.mark.parametrize("headdim", [None, 4])
+def test_latent_shared_bc_matches_reference(headdim):
+    block = latent(headdim=headdim, share_bc=True)
+    with torch.no_grad():  # parameters away from their initial values (D = 1, equal heads' A)
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert block.conv_dim == block.d_inner + 2 * block.d_state  # one B, one C
+    assert block.in_proj_weight.shape[-1] == 2 * block.d_inner_block + block.nheads_block
+    u = inputs(block, length=11)
+    assert close(block(u), reference_latent_shared_bc(block, u))
+
+
 def test_latent_heads_are_independent():
     block = latent()
     u = inputs(block)
@@ -336,6 +390,8 @@ def test_bad_configurations_raise_clear_errors():
         block(inputs(block, length=5), lengths=torch.tensor([6, 2]))
     with pytest.raises(ValueError, match="u must be"):
         block(torch.zeros(2, 5, block.d_model + 1, dtype=F64))
+    with pytest.raises(ValueError, match="ngroups must be 1"):
+        MultiHeadLatentMamba2(2, 4, headdim=4, ngroups=2, share_bc=True)
     with pytest.raises(ValueError, match="share"):
         MultiHeadLatentMamba2.from_blocks([mamba2(), mamba2(d_state=4)])
 
@@ -414,7 +470,7 @@ FAKES = {
 }
 
 
-@pytest.mark.parametrize("name", ["mamba2", "latent_multihead"])
+@pytest.mark.parametrize("name", ["mamba2", "latent_multihead", "latent_shared_bc"])
 def test_kernel_path_glue_matches_pytorch_path(name, monkeypatch):
     reference = BLOCKS[name]()
     block = BLOCKS[name]()

@@ -96,6 +96,7 @@ CASES = [
     Case("Hydra-prefix", "Hydra", {**SMALL_HYDRA, "train_mode": "prefix"}),
     Case("Hydra-seen-negatives", "Hydra", {**SMALL_HYDRA, "seen_item_negatives": True}),
     Case("Hydra-no-gate", "Hydra", {**SMALL_HYDRA, "gate_with_z": False}),
+    Case("Hydra-shared-bc", "Hydra", {**SMALL_HYDRA, "share_bc": True}),
     Case(
         "Hydra-no-rope-post-norm",
         "Hydra",

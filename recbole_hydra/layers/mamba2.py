@@ -72,12 +72,13 @@ class _Mamba2Mixer(nn.Module):
     d_state: int
     d_conv: int
     chunk_size: int
+    share_bc: bool = False  # one B and one C for all blocks (MultiHeadLatentMamba2's share_bc)
 
     def _init_mixer(self, A_init_range, dt_min, dt_max, dt_init_floor, device, dtype) -> None:
         factory = {"device": device, "dtype": dtype}
         self.d_inner = self.n_blocks * self.d_inner_block
         self.nheads = self.n_blocks * self.nheads_block
-        self.ngroups = self.n_blocks * self.ngroups_block
+        self.ngroups = self.ngroups_block if self.share_bc else self.n_blocks * self.ngroups_block
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.conv1d = nn.Conv1d(
             self.conv_dim,
@@ -101,6 +102,8 @@ class _Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(
             self.d_inner, eps=1e-5, group_size=self.d_inner_block // self.ngroups_block, **factory
         )
+        if self.share_bc:
+            return  # the conv's channels are already in the shared projection's order
         # conv channel c of block i's [x, B, C] is channel _block_order[i, c] of conv1d
         gn = self.ngroups_block * self.d_state
         x_ch = torch.arange(self.d_inner).view(self.n_blocks, self.d_inner_block)
@@ -261,13 +264,6 @@ class _Mamba2Mixer(nn.Module):
             return self.forward(u, lengths)[
                 torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
             ]
-        # The last position needs z and C only there (C through the conv: its last d_conv inputs),
-        # x, B and dt everywhere: project each set of columns on the rows that need it.
-        di, gn, nh = self.d_inner_block, self.ngroups_block * self.d_state, self.nheads_block
-        end = 2 * di + 2 * gn + nh  # a block's in_proj columns: [z, x, B, C, dt]
-        xB_in, dt_raw = self._in_proj(u, [(di, 2 * di + gn), (end - nh, end)]).split(
-            [di + gn, nh], dim=-1
-        )
         rows, last = torch.arange(batch, device=u.device), (lengths - 1).clamp(min=0)
         window = (
             last[:, None] - (self.d_conv - 1) + torch.arange(self.d_conv, device=u.device)
@@ -275,16 +271,7 @@ class _Mamba2Mixer(nn.Module):
         u_window = u[rows[:, None], window.clamp(min=0)] * (window >= 0).unsqueeze(-1).to(
             u.dtype
         )  # 0 before the start
-        z_C = self._in_proj(
-            u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)]
-        )  # (b, d_conv, n_blocks, di + gn)
-        weight, bias = self._conv_params_by_block()
-        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn]).split(
-            [di, gn], dim=-1
-        )
-        C_t = F.silu(
-            bias[:, di + gn :] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn :]).sum(-1)
-        )  # (b, n_blocks, gn)
+        x, B, C_t, z_t, dt_raw = self._last_position_inputs(u, u_window)
         is_pad = torch.arange(length, device=u.device) >= lengths[:, None]
         dt = F.softplus(dt_raw.reshape(batch, length, self.nheads) + self.dt_bias).masked_fill(
             is_pad[:, :, None], 0.0
@@ -299,10 +286,30 @@ class _Mamba2Mixer(nn.Module):
         )
         y = y + x[rows, last] * self.D.unsqueeze(-1)
         return self._project_out(
-            self.norm(
-                y.reshape(batch, self.d_inner), z_C[:, -1, :, :di].reshape(batch, self.d_inner)
-            )
+            self.norm(y.reshape(batch, self.d_inner), z_t.reshape(batch, self.d_inner))
         )
+
+    def _last_position_inputs(self, u: Tensor, u_window: Tensor) -> Tuple[Tensor, ...]:
+        """What ``forward_last`` reads: x and B after the conv and dt_raw at every position of ``u
+        (b, l, d_model)``; C after the conv and z at the last position, whose conv window
+        ``u_window (b, d_conv, d_model)`` is. The last position needs z and C only there, x, B and
+        dt everywhere: each set of in_proj columns is projected on the rows that need it."""
+        di, gn, nh = self.d_inner_block, self.ngroups_block * self.d_state, self.nheads_block
+        end = 2 * di + 2 * gn + nh  # a block's in_proj columns: [z, x, B, C, dt]
+        xB_in, dt_raw = self._in_proj(u, [(di, 2 * di + gn), (end - nh, end)]).split(
+            [di + gn, nh], dim=-1
+        )
+        z_C = self._in_proj(
+            u_window, [(0, di), (2 * di + gn, 2 * di + 2 * gn)]
+        )  # (b, d_conv, n_blocks, di + gn)
+        weight, bias = self._conv_params_by_block()
+        x, B = causal_conv_silu(xB_in, weight[:, : di + gn], bias[:, : di + gn]).split(
+            [di, gn], dim=-1
+        )
+        C_t = F.silu(
+            bias[:, di + gn :] + (z_C[..., di:].permute(0, 2, 3, 1) * weight[:, di + gn :]).sum(-1)
+        )  # (b, n_blocks, gn)
+        return x, B, C_t, z_C[:, -1, :, :di], dt_raw
 
     def step(self, u_t: Tensor, cache: Mamba2Cache) -> Tuple[Tensor, Mamba2Cache]:
         """One position: ``u_t (b, d_model)`` or ``(b, 1, d_model)`` and the cache before it ->
@@ -478,6 +485,13 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
     conv over the x channels of all heads, then B, then C; ``dt_bias``, ``A_log``, ``D`` and
     ``norm.weight`` head after head. ``from_blocks`` builds one from v ``Mamba2`` blocks.
 
+    ``share_bc=True`` (not the paper's layer, which keeps the heads independent): one B and one C
+    for all heads, projected from the whole input by ``bc_proj_weight (n_heads * d_head,
+    2 * d_state)`` (columns ``[B, C]``), as one Mamba-2 with ``ngroups=1`` shares them across its
+    SSD heads. Each head keeps its own x, z, dt, conv on x, A, D and norm; ``in_proj_weight`` then
+    has the columns ``[z, x, dt]``, and the conv's B and C channels are ``d_state`` each. The conv
+    and the SSD's ``C B^T`` run once instead of once per head.
+
     The default ``chunk_size=64`` balances the quadratic within-chunk part against the number of
     chunk states on CPU (``benchmarks/ssd_block.py`` sweeps it).
     """
@@ -492,6 +506,7 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         headdim: Optional[int] = None,
         ngroups: int = 1,
         chunk_size: int = 64,
+        share_bc: bool = False,
         A_init_range: Tuple[float, float] = (1, 16),
         dt_min: float = 0.001,
         dt_max: float = 0.1,
@@ -502,6 +517,11 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         super().__init__()
         if not isinstance(n_heads, int) or n_heads <= 0:
             raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+        if share_bc and ngroups != 1:
+            raise ValueError(
+                f"share_bc=True shares one B/C group across heads: ngroups must be 1, got {ngroups}"
+            )
+        self.share_bc = bool(share_bc)
         headdim = expand * d_head if headdim is None else headdim
         self.d_inner_block, self.nheads_block = _sizes(
             d_head, expand, headdim, ngroups, d_state, d_conv, chunk_size
@@ -513,10 +533,15 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         self.chunk_size = chunk_size
         self._init_mixer(A_init_range, dt_min, dt_max, dt_init_floor, device, dtype)
         factory = {"device": device, "dtype": dtype}
-        self.d_in_proj_block = 2 * self.d_inner_block + 2 * ngroups * d_state + self.nheads_block
+        bc_per_head = 0 if self.share_bc else 2 * ngroups * d_state
+        self.d_in_proj_block = 2 * self.d_inner_block + bc_per_head + self.nheads_block
         self.in_proj_weight = nn.Parameter(
             torch.empty(n_heads, d_head, self.d_in_proj_block, **factory)
         )
+        if self.share_bc:
+            self.bc_proj_weight = nn.Parameter(torch.empty(self.d_model, 2 * d_state, **factory))
+            bound = self.d_model**-0.5  # nn.Linear's default init
+            nn.init.uniform_(self.bc_proj_weight, -bound, bound)
         self.out_proj_weight = nn.Parameter(
             torch.empty(n_heads, self.d_inner_block, d_head, **factory)
         )
@@ -535,6 +560,12 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
         return out.transpose(0, 1).unflatten(0, lead)
 
     def _project_in(self, u: Tensor) -> Tuple[Tensor, ...]:
+        if self.share_bc:  # xBC is then the pair (x (..., v, d_inner), BC (..., 1, 2 d_state))
+            d_inner, end = self.d_inner_block, self.d_in_proj_block
+            z, dt = self._in_proj(u, [(0, d_inner), (2 * d_inner, end)]).split(
+                [d_inner, end - 2 * d_inner], dim=-1
+            )
+            return z, (self._in_proj(u, [(d_inner, 2 * d_inner)]), self._bc_proj(u, 0, 2)), dt
         # Two products, not one split into three: the conv's channels come out as their own tensor
         # (not a strided slice), and backward adds two small input gradients instead of
         # concatenating three output gradients into a (tokens, v, d_in_proj) tensor.
@@ -553,6 +584,50 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             else torch.cat([w[..., a:b] for a, b in spans], dim=-1)
         )
         return self._per_head_matmul(u.unflatten(-1, (self.n_heads, self.d_head)), columns)
+
+    def _bc_proj(self, u: Tensor, first: int, stop: int) -> Tensor:
+        """``u (..., d_model)`` times the shared B/C columns of parts ``[first, stop)`` (0 = B,
+        1 = C): ``(..., 1, (stop - first) * d_state)``, one group for all heads."""
+        n = self.d_state
+        return (u @ self.bc_proj_weight[:, first * n : stop * n]).unsqueeze(-2)
+
+    def _split_xBC(self, xBC) -> Tuple[Tensor, ...]:
+        if not self.share_bc:
+            return super()._split_xBC(xBC)
+        x, BC = xBC
+        return (x, *BC.split(self.d_state, dim=-1))
+
+    def _conv(self, xBC) -> Tuple[Tensor, ...]:
+        if not self.share_bc:
+            return super()._conv(xBC)
+        x_in, BC_in = xBC
+        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        conv_fn = kernels.usable("causal_conv1d_fn", x_in)
+        if conv_fn is not None:
+            flat = torch.cat([x_in.flatten(2), BC_in.flatten(2)], dim=-1).transpose(1, 2)
+            out = conv_fn(flat, weight, bias, activation="silu").transpose(1, 2).contiguous()
+            x, BC = out.split([self.d_inner, 2 * self.d_state], dim=-1)
+            return self._split_xBC((x.unflatten(-1, x_in.shape[-2:]), BC.unsqueeze(-2)))
+        # x per head and the shared B, C: two calls, the x channels then the B and C channels
+        x_w, BC_w = weight.split([self.d_inner, 2 * self.d_state])
+        x_b, BC_b = bias.split([self.d_inner, 2 * self.d_state])
+        x = causal_conv_silu(x_in, x_w.view(*x_in.shape[-2:], -1), x_b.view(x_in.shape[-2:]))
+        return self._split_xBC((x, causal_conv_silu(BC_in, BC_w.unsqueeze(0), BC_b.unsqueeze(0))))
+
+    def _last_position_inputs(self, u: Tensor, u_window: Tensor) -> Tuple[Tensor, ...]:
+        if not self.share_bc:
+            return super()._last_position_inputs(u, u_window)
+        di, end, n = self.d_inner_block, self.d_in_proj_block, self.d_state
+        x_in, dt_raw = self._in_proj(u, [(di, end)]).split([di, end - 2 * di], dim=-1)
+        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        x_w, B_w, C_w = weight.split([self.d_inner, n, n])
+        x_b, B_b, C_b = bias.split([self.d_inner, n, n])
+        x = causal_conv_silu(x_in, x_w.view(self.n_heads, di, -1), x_b.view(self.n_heads, di))
+        B = causal_conv_silu(self._bc_proj(u, 0, 1), B_w.unsqueeze(0), B_b.unsqueeze(0))
+        C_window = self._bc_proj(u_window, 1, 2)  # (b, d_conv, 1, d_state)
+        C_t = F.silu(C_b + (C_window.permute(0, 2, 3, 1) * C_w).sum(-1))  # (b, 1, d_state)
+        z_t = self._in_proj(u_window[:, -1], [(0, di)])  # (b, n_heads, d_inner_block)
+        return x, B, C_t, z_t, dt_raw
 
     def _project_out(self, y: Tensor) -> Tensor:
         return self._per_head_matmul(

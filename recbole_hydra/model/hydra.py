@@ -23,7 +23,9 @@ class Hydra(GenerativeSequentialRecommender):
     - No final norm after the last layer: eq 13 scores the last layer's output directly.
     - Candidates are the raw embedding rows ``E`` (eq 13, 15), not their dropout/RMSNorm view.
     - Each latent head is a Mamba-2 block with ``ngroups = 1`` and one SSD head of width
-      ``expand * head_size`` unless ``ssd_headdim`` says otherwise.
+      ``expand * head_size`` unless ``ssd_headdim`` says otherwise. ``share_bc: True`` (off by
+      default) gives all heads one B and one C, projected from the whole X: cheaper, but the heads
+      are no longer independent as eq 7-8 has them.
 
     ``item_model: llm`` (section 4.1.2): H0 comes from an LLM reading each item's text
     (``recbole_hydra.layers.item_llm.ItemLLMEncoder``) instead of an ID embedding; candidates are
@@ -69,6 +71,7 @@ class Hydra(GenerativeSequentialRecommender):
                 expand=config["expand"],
                 headdim=config["ssd_headdim"],
                 chunk_size=config["chunk_size"],
+                share_bc=config["share_bc"],
             )
             for i in range(config["n_layers"])
         )
