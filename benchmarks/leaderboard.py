@@ -110,6 +110,10 @@ FRONTIER = {
     # one B and one C for all heads: the conv's channels per token 384 -> 192 at the default sizes
     "shared-bc": ("Hydra", {"share_bc": True}),
     "layers-1-shared-bc": ("Hydra", {"n_layers": 1, "share_bc": True}),
+    "CE-dot-layers-1-shared-bc": (
+        "Hydra",
+        {**VARIANTS["Hydra-CE-dot"][1], "n_layers": 1, "share_bc": True},
+    ),
 }
 SUITES = {"leaderboard": VARIANTS, "ablations": ABLATIONS, "frontier": FRONTIER}
 TITLES = {
