@@ -609,21 +609,31 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             x, BC = out.split([self.d_inner, 2 * self.d_state], dim=-1)
             return self._split_xBC((x.unflatten(-1, x_in.shape[-2:]), BC.unsqueeze(-2)))
         # x per head and the shared B, C: two calls, the x channels then the B and C channels
-        x_w, BC_w = weight.split([self.d_inner, 2 * self.d_state])
-        x_b, BC_b = bias.split([self.d_inner, 2 * self.d_state])
-        x = causal_conv_silu(x_in, x_w.view(*x_in.shape[-2:], -1), x_b.view(x_in.shape[-2:]))
-        return self._split_xBC((x, causal_conv_silu(BC_in, BC_w.unsqueeze(0), BC_b.unsqueeze(0))))
+        (x_w, x_b), (B_w, B_b), (C_w, C_b) = self._shared_conv_params()
+        x = causal_conv_silu(x_in, x_w, x_b)
+        BC = causal_conv_silu(BC_in, torch.cat([B_w, C_w], 1), torch.cat([B_b, C_b], 1))
+        return self._split_xBC((x, BC))
+
+    def _shared_conv_params(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
+        """With ``share_bc``: the conv's (weight, bias) of the x channels, ``(n_heads,
+        d_inner_block, d_conv)`` and ``(n_heads, d_inner_block)``, then of B and of C, each
+        ``(1, d_state, d_conv)`` and ``(1, d_state)``."""
+        sizes = [self.d_inner, self.d_state, self.d_state]
+        shapes = [(self.n_heads, self.d_inner_block), (1, self.d_state), (1, self.d_state)]
+        weights = self.conv1d.weight.squeeze(1).split(sizes)
+        biases = self.conv1d.bias.split(sizes)
+        return tuple(
+            (w.view(*shape, -1), b.view(shape)) for w, b, shape in zip(weights, biases, shapes)
+        )
 
     def _last_position_inputs(self, u: Tensor, u_window: Tensor) -> Tuple[Tensor, ...]:
         if not self.share_bc:
             return super()._last_position_inputs(u, u_window)
-        di, end, n = self.d_inner_block, self.d_in_proj_block, self.d_state
+        di, end = self.d_inner_block, self.d_in_proj_block
         x_in, dt_raw = self._in_proj(u, [(di, end)]).split([di, end - 2 * di], dim=-1)
-        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
-        x_w, B_w, C_w = weight.split([self.d_inner, n, n])
-        x_b, B_b, C_b = bias.split([self.d_inner, n, n])
-        x = causal_conv_silu(x_in, x_w.view(self.n_heads, di, -1), x_b.view(self.n_heads, di))
-        B = causal_conv_silu(self._bc_proj(u, 0, 1), B_w.unsqueeze(0), B_b.unsqueeze(0))
+        (x_w, x_b), (B_w, B_b), (C_w, C_b) = self._shared_conv_params()
+        x = causal_conv_silu(x_in, x_w, x_b)
+        B = causal_conv_silu(self._bc_proj(u, 0, 1), B_w, B_b)
         C_window = self._bc_proj(u_window, 1, 2)  # (b, d_conv, 1, d_state)
         C_t = F.silu(C_b + (C_window.permute(0, 2, 3, 1) * C_w).sum(-1))  # (b, 1, d_state)
         z_t = self._in_proj(u_window[:, -1], [(0, di)])  # (b, n_heads, d_inner_block)
