@@ -609,17 +609,17 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             x, BC = out.split([self.d_inner, 2 * self.d_state], dim=-1)
             return self._split_xBC((x.unflatten(-1, x_in.shape[-2:]), BC.unsqueeze(-2)))
         # x per head and the shared B, C: two calls, the x channels then the B and C channels
-        (x_w, x_b), (B_w, B_b), (C_w, C_b) = self._shared_conv_params()
-        x = causal_conv_silu(x_in, x_w, x_b)
-        BC = causal_conv_silu(BC_in, torch.cat([B_w, C_w], 1), torch.cat([B_b, C_b], 1))
-        return self._split_xBC((x, BC))
+        (x_w, x_b), (BC_w, BC_b) = self._shared_conv_params()
+        return self._split_xBC(
+            (causal_conv_silu(x_in, x_w, x_b), causal_conv_silu(BC_in, BC_w, BC_b))
+        )
 
     def _shared_conv_params(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
         """With ``share_bc``: the conv's (weight, bias) of the x channels, ``(n_heads,
-        d_inner_block, d_conv)`` and ``(n_heads, d_inner_block)``, then of B and of C, each
-        ``(1, d_state, d_conv)`` and ``(1, d_state)``."""
-        sizes = [self.d_inner, self.d_state, self.d_state]
-        shapes = [(self.n_heads, self.d_inner_block), (1, self.d_state), (1, self.d_state)]
+        d_inner_block, d_conv)`` and ``(n_heads, d_inner_block)``, then of the shared B and C
+        channels, ``(1, 2 * d_state, d_conv)`` and ``(1, 2 * d_state)``: views, no copies."""
+        sizes = [self.d_inner, 2 * self.d_state]
+        shapes = [(self.n_heads, self.d_inner_block), (1, 2 * self.d_state)]
         weights = self.conv1d.weight.squeeze(1).split(sizes)
         biases = self.conv1d.bias.split(sizes)
         return tuple(
@@ -631,7 +631,8 @@ class MultiHeadLatentMamba2(_Mamba2Mixer):
             return super()._last_position_inputs(u, u_window)
         di, end = self.d_inner_block, self.d_in_proj_block
         x_in, dt_raw = self._in_proj(u, [(di, end)]).split([di, end - 2 * di], dim=-1)
-        (x_w, x_b), (B_w, B_b), (C_w, C_b) = self._shared_conv_params()
+        (x_w, x_b), (BC_w, BC_b) = self._shared_conv_params()
+        (B_w, C_w), (B_b, C_b) = BC_w.split(self.d_state, dim=1), BC_b.split(self.d_state, dim=1)
         x = causal_conv_silu(x_in, x_w, x_b)
         B = causal_conv_silu(self._bc_proj(u, 0, 1), B_w, B_b)
         C_window = self._bc_proj(u_window, 1, 2)  # (b, d_conv, 1, d_state)
