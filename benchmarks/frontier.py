@@ -3,6 +3,7 @@
     python benchmarks/leaderboard.py --suite frontier --dataset ml-100k --length 200 --seeds 1
     python benchmarks/frontier.py --time Hydra,HSTU,chunk-25 --dataset ml-1m --length 200 \
         [--rounds 5]
+    python benchmarks/frontier.py --memory HSTU,Hydra --dataset ml-1m --length 200 [--steps 4]
     python benchmarks/frontier.py --dataset ml-100k --length 200       # the report only
 
 Quality comes from the leaderboard harness: every stored run of the ``leaderboard``,
@@ -21,11 +22,20 @@ per-round ratios, which only rows of the same ``--time`` call have. Calls are st
 without a paired timing are plotted at their training runs' median s/epoch, hollow: those runs
 were not paired and may have shared the cores.
 
+Training memory comes from ``--memory``: each named row in a fresh process of its own, its data
+and model built and a few training batches drawn, then the RSS those batches' training steps add
+at their peak (``harness.peak_rss_mb`` minus the RSS before them): the activations, gradients and
+optimizer state, without the dataset and the interpreter, which every row shares and which made
+the whole-process peak a poor judge of a model's memory. The process runs with glibc's mmap
+threshold fixed (``MALLOC_ENV``) so that a freed activation leaves the RSS at once. Calls are
+stored in ``benchmarks/results/frontier/<dataset>-<length>-memory.json``.
+
 Rows that differ only in ``chunk_size`` compute the same function (the SSD's chunk length is a
 speed knob): they need a timing, not a training run, and take their base row's quality.
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -43,6 +53,11 @@ SPEED_ONLY = {
     **{f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)},
     **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
 }
+#: glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), and blocks
+#: under the threshold come from the heap, which keeps freed memory resident: a peak would then
+#: count the allocator's leftovers. A fixed threshold gives every tensor above it a mapping of
+#: its own, returned to the system when the tensor is freed.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 65536}
 
 
 def all_rows(args):
@@ -102,6 +117,30 @@ def time_worker(spec):
     harness.emit({"rounds": rounds, "params": params, "threads": torch.get_num_threads()})
 
 
+def memory_worker(spec):
+    """The training memory of one row, in this fresh process (``--memory``)."""
+    import torch
+
+    from recbole_hydra.layers import kernels
+
+    kernels.cpu_kernels(torch.zeros(1))
+    model, trainer, train, _ = _build(spec["model"], spec["dataset"], spec["config"])
+    batches = list(itertools.islice(train, spec["steps"]))  # drawn before the RSS is read
+    before = harness.rss_mb()
+    harness.reset_peak_rss()
+    trainer._train_epoch(batches, 0, show_progress=False)
+    peak = harness.peak_rss_mb()
+    harness.emit(
+        {
+            "before_mb": before,
+            "peak_mb": peak,
+            "train_mb": peak - before,
+            "steps": len(batches),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
+
+
 def paired(call, name, base, phase="train_s"):
     """Median over the call's rounds of ``name``'s time over ``base``'s, and its range."""
     ratios = [r["times"][name][phase] / r["times"][base][phase] for r in call["rounds"]]
@@ -151,6 +190,10 @@ def times_path(args):
     return Path(args.out) / "frontier" / f"{args.dataset}-{args.length}-times.json"
 
 
+def memory_path(args):
+    return Path(args.out) / "frontier" / f"{args.dataset}-{args.length}-memory.json"
+
+
 def latest_timings(calls):
     """Each row's median train and eval seconds from the latest call that timed it."""
     out = {}
@@ -171,6 +214,8 @@ def write_report(args):
     path = times_path(args)
     calls = json.loads(path.read_text()) if path.exists() else []
     timed = latest_timings(calls)
+    memory_calls = json.loads(memory_path(args).read_text()) if memory_path(args).exists() else []
+    trained_mb = {n: m["train_mb"] for call in memory_calls for n, m in call["rows"].items()}
     by_row = quality(args, timed)
     lines = harness.header(
         f"Cost frontier: {args.dataset}, length {args.length}",
@@ -181,7 +226,8 @@ def write_report(args):
         "(`--time`; ratios only within one call), else its training runs' median s/epoch (not "
         "paired: marked `~`). Frontier: no other row at most as costly and at least as good. "
         "Peak RSS: median over the row's training runs (each its own process: data, training and "
-        "evaluation).",
+        "evaluation). Training adds: the RSS its training steps add at their peak (`--memory`, "
+        "the latest call), without the data and interpreter that every row shares.",
     )
     rows, points = [], {"masked": [], "unmasked": []}
     names = [n for n in by_row if n in timed] + [n for n in by_row if n not in timed]
@@ -202,6 +248,7 @@ def write_report(args):
                 f"{timed[name]['eval_s']:.1f}" if name in timed else "-",
                 timed[name]["call"] if name in timed else "-",
                 f"{statistics.median(r['peak_rss_mb'] for r in group):.0f}",
+                f"{trained_mb[name]:.0f}" if name in trained_mb else "-",
                 f"{ndcg['masked']:.4f}",
                 f"{ndcg['unmasked']:.4f}",
             ]
@@ -212,8 +259,8 @@ def write_report(args):
     lines += ["## Points", ""]
     if rows:
         head = ["row", "n", "params", "train s/epoch", "eval s", "paired call", "peak RSS MB"]
-        head += ["masked", "unmasked", "frontier"]
-        lines += harness.table(head, rows, "lrrrrrrrrl") + [""]
+        head += ["training adds MB", "masked", "unmasked", "frontier"]
+        lines += harness.table(head, rows, "lrrrrrrrrrl") + [""]
     else:
         lines += [
             "No quality yet: no stored leaderboard run at this dataset and length (`python "
@@ -241,6 +288,24 @@ def write_report(args):
         head = ["row", "params", "train s", f"train / {base}", "eval s", f"eval / {base}"]
         lines += ["Median over rounds (range); ratios: median of per-round ratios (range).", ""]
         lines += harness.table(head, cells, "lrrrrr") + [""]
+    for k, call in enumerate(memory_calls):
+        lines += [f"## Training memory, call {k + 1}", ""]
+        lines += [f"Command: `{call['command']}`  ", f"Hardware: {call['hardware']}", ""]
+        base = "HSTU" if "HSTU" in call["rows"] else next(iter(call["rows"]))
+        cells = [
+            [
+                name,
+                m["params"],
+                m["steps"],
+                f"{m['before_mb']:.0f}",
+                f"{m['peak_mb']:.0f}",
+                f"{m['train_mb']:.0f}",
+                f"{m['train_mb'] / call['rows'][base]['train_mb']:.2f}",
+            ]
+            for name, m in call["rows"].items()
+        ]
+        head = ["row", "params", "steps", "RSS before MB", "peak MB", "training adds MB"]
+        lines += harness.table([*head, f"adds / {base}"], cells, "lrrrrrr") + [""]
     harness.write_report(report_path(args, "md"), lines)
     if rows:
         hydra = {n for n in names if by_row[n][0].get("model") == "Hydra"}
@@ -267,6 +332,32 @@ def plot(names, points, on_front, timed, hydra, args):
     harness.save_png(fig, report_path(args, "png"))
 
 
+def row_specs(args, parser, names_csv, least, why):
+    """The named rows as name -> (model, the config their leaderboard run trains with); a
+    parser error (exit 2) for an unknown row, or ``why`` for fewer than ``least`` different
+    rows."""
+    rows = all_rows(args)
+    names = [n for n in names_csv.split(",") if n]
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r}: one of {', '.join(rows)}")
+    if len(set(names)) < least:
+        parser.error(why)
+    specs = {}
+    for name in names:
+        model, config, tuned = rows[name]
+        specs[name] = (model, {**leaderboard.base_config(args, 2020, config, {}), **tuned})
+    return specs
+
+
+def append_call(path, result):
+    """Store one call's ``result`` with the command and hardware, after the earlier calls."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calls = json.loads(path.read_text()) if path.exists() else []
+    calls.append({**result, "command": harness.command(), "hardware": harness.machine()})
+    path.write_text(json.dumps(calls, indent=1))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-1m")
@@ -283,41 +374,57 @@ def main(argv=None):
     parser.add_argument(
         "--workdir", default=str(REPO / "saved" / "frontier"), help="the timing calls' logs"
     )
+    parser.add_argument(
+        "--memory", help="comma-separated rows whose training memory to measure, one process each"
+    )
+    parser.add_argument("--steps", type=int, default=4, help="training steps per --memory row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--memory_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return time_worker(json.loads(args.worker))
+    if args.memory_worker:
+        return memory_worker(json.loads(args.memory_worker))
     harness.pyplot()
     if args.time:
         if args.rounds < 1:
             parser.error("--rounds must be >= 1")
-        rows = all_rows(args)
-        names = [n for n in args.time.split(",") if n]
-        unknown = [n for n in names if n not in rows]
-        if unknown or len(set(names)) < 2:
-            parser.error(
-                f"unknown row {unknown[0]!r}: one of {', '.join(rows)}"
-                if unknown
-                else "--time needs two different rows or more: a ratio needs a pair"
-            )
-        spec = {"dataset": args.dataset, "rounds": args.rounds, "rows": {}}
-        for name in names:
-            model, config, tuned = rows[name]
-            config = {**leaderboard.base_config(args, 2020, config, {}), **tuned}
-            spec["rows"][name] = (model, config)
+        specs = row_specs(
+            args,
+            parser,
+            args.time,
+            2,
+            "--time needs two different rows or more: a ratio needs a pair",
+        )
+        spec = {"dataset": args.dataset, "rounds": args.rounds, "rows": specs}
         log = Path(args.workdir) / f"{args.dataset}-{args.length}-times.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"timing {', '.join(names)}: {args.rounds} rounds, paired (log {log})", flush=True)
+        print(f"timing {', '.join(specs)}: {args.rounds} rounds, paired (log {log})", flush=True)
         argv = [os.path.abspath(__file__), "--worker", json.dumps(spec)]
         done = harness.run_fresh(argv, cwd=log.parent, stderr_path=log)
         if not done.ok:
             print(f"the paired timing failed ({done.error()}): see {log}", file=sys.stderr)
             return 1
-        path = times_path(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        calls = json.loads(path.read_text()) if path.exists() else []
-        calls.append({**done.result, "command": harness.command(), "hardware": harness.machine()})
-        path.write_text(json.dumps(calls, indent=1))
+        append_call(times_path(args), done.result)
+    if args.memory:
+        if args.steps < 1:
+            parser.error("--steps must be >= 1")
+        measured = {}
+        for name, (model, config) in row_specs(
+            args, parser, args.memory, 1, "--memory needs a row"
+        ).items():
+            log = Path(args.workdir) / f"{args.dataset}-{args.length}-memory-{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"training memory of {name}: {args.steps} steps (log {log})", flush=True)
+            spec = {"dataset": args.dataset, "model": model, "config": config}
+            spec["steps"] = args.steps
+            argv = [os.path.abspath(__file__), "--memory_worker", json.dumps(spec)]
+            done = harness.run_fresh(argv, env=MALLOC_ENV, cwd=log.parent, stderr_path=log)
+            if not done.ok:
+                print(f"measuring {name} failed ({done.error()}): see {log}", file=sys.stderr)
+                return 1
+            measured[name] = done.result
+        append_call(memory_path(args), {"rows": measured})
     write_report(args)
     return 0
 

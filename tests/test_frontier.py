@@ -115,6 +115,32 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
     call = {"rounds": rounds, "params": {"HSTU": 1, "Hydra": 2, "chunk-25": 2}}
     times = out / "frontier" / "ml-100k-200-times.json"
     times.write_text(json.dumps([{**call, "command": "c", "hardware": "h"}]))
+    memory = out / "frontier" / "ml-100k-200-memory.json"
+    measured = [  # the latest call that measured a row gives its column
+        {"Hydra": (500.0, 900.0), "HSTU": (480.0, 680.0)},
+        {"Hydra": (500.0, 800.0)},
+    ]
+    memory.write_text(
+        json.dumps(
+            [
+                {
+                    "rows": {
+                        n: {
+                            "before_mb": a,
+                            "peak_mb": b,
+                            "train_mb": b - a,
+                            "steps": 4,
+                            "params": 1,
+                        }
+                        for n, (a, b) in call.items()
+                    },
+                    "command": "c",
+                    "hardware": "h",
+                }
+                for call in measured
+            ]
+        )
+    )
     suite_report = out / "frontier-ml-100k-200.md"  # leaderboard.py's frontier suite writes it
     suite_report.write_text("the suite's report")
     args = frontier.argparse.Namespace(dataset="ml-100k", length=200, out=str(out))
@@ -127,10 +153,13 @@ def test_the_report_pairs_rounds_and_marks_what_was_not_paired(script, tmp_path)
         if line.startswith("| ") and not line.startswith("| row")
     }
     assert set(points) == {"Hydra", "HSTU", "chunk-25", "heads-2"}
-    assert points["Hydra"][1] == "2" and points["Hydra"][7] == "0.1100"  # its 2 leaderboard seeds
-    assert points["chunk-25"][7] == "0.1100"  # a speed-only row: the base row's quality
+    assert points["Hydra"][1] == "2" and points["Hydra"][8] == "0.1100"  # its 2 leaderboard seeds
+    assert points["chunk-25"][8] == "0.1100"  # a speed-only row: the base row's quality
     assert points["Hydra"][6] == "200" and points["HSTU"][6] == "100"  # median of its runs' peaks
     assert points["Hydra"][3] == "15.0" and points["heads-2"][3] == "6.0 ~"  # paired; not paired
+    assert (points["Hydra"][7], points["HSTU"][7], points["heads-2"][7]) == ("300", "200", "-")
+    first = report.split("## Training memory, call 1")[1].split("## Training memory, call 2")[0]
+    assert "| Hydra | 1 | 4 | 500 | 900 | 400 | 2.00 |" in first  # over HSTU's 200
     assert points["Hydra"][5] == "1" and points["heads-2"][5] == "-"
     paired = report.split("## Paired call 1")[1]
     hydra = next(line for line in paired.splitlines() if line.startswith("| Hydra |"))
@@ -181,3 +210,50 @@ def test_a_report_of_timings_without_quality_says_so(script, tmp_path):
     points = report.split("## Points")[1].split("## Paired")[0]
     assert "No quality yet" in points and "| row" not in points
     assert "| Hydra | 2 | 3.0 (3.0-3.0) | 1.500 (1.500-1.500)" in report
+
+
+def test_training_memory_grows_with_the_batch_and_leaves_out_the_data(
+    script, tmp_path, monkeypatch, capsys
+):
+    frontier = script("frontier")
+    path = ml100k_slice(tmp_path, n_users=943)  # the whole ml-100k: batches of 512 windows
+    sizes = {**TINY_HYDRA, "hidden_size": 64, "MAX_ITEM_LIST_LENGTH": 50}
+    rows = {
+        f"batch-{b}": ("Hydra", quiet_config(path, **sizes, train_batch_size=b), {})
+        for b in (8, 512)
+    }
+    monkeypatch.setattr(frontier, "all_rows", lambda args: rows)
+    out = tmp_path / "results"
+    argv = ["--dataset", "ml-100k-slice", "--length", "50", "--data_path", path, "--out", str(out)]
+    argv += ["--workdir", str(tmp_path / "w"), "--memory", "batch-8,batch-512", "--steps", "2"]
+    assert frontier.main(argv) == 0
+    [call] = json.loads((out / "frontier" / "ml-100k-slice-50-memory.json").read_text())
+    small, large = call["rows"]["batch-8"], call["rows"]["batch-512"]
+    for m in (small, large):
+        assert m["steps"] == 2 and m["peak_mb"] >= m["before_mb"] > 0
+        assert m["train_mb"] == pytest.approx(m["peak_mb"] - m["before_mb"])
+    # the data and interpreter (hundreds of MB) are in the RSS before, not in what training adds
+    assert small["train_mb"] < 0.25 * small["before_mb"]
+    # 64 times the windows per step: activations of 512 x 50 x 64 floats are 6.5 MB each
+    assert large["train_mb"] > small["train_mb"] + 20
+    assert large["params"] == small["params"]
+    report = (out / "cost-frontier-ml-100k-slice-50.md").read_text()
+    section = report.split("## Training memory, call 1")[1]
+    line = next(x for x in section.splitlines() if x.startswith("| batch-512 |"))
+    ratio = large["train_mb"] / small["train_mb"]
+    assert line.rstrip(" |").endswith(f"{ratio:.2f}")  # over the first row: no HSTU in the call
+
+
+def test_memory_needs_known_rows(script, tmp_path, capsys):
+    frontier = script("frontier")
+    base = ["--dataset", "ml-100k", "--out", str(tmp_path), "--workdir", str(tmp_path / "w")]
+    for argv, says in (
+        (["--memory", ","], "--memory needs a row"),
+        (["--memory", "Nope"], "unknown row 'Nope': one of Hydra, "),
+        (["--memory", "Hydra", "--steps", "0"], "--steps must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            frontier.main([*base, *argv])
+        assert stop.value.code == 2
+        assert says in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "w").exists()
