@@ -117,6 +117,30 @@ def time_worker(spec):
     harness.emit({"rounds": rounds, "params": params, "threads": torch.get_num_threads()})
 
 
+def saved_by_line(model, batch, top=8):
+    """What autograd keeps for backward in one training forward of ``model`` on ``batch``: the
+    total MiB (each storage once) and the ``top`` lines of the package that saved the most."""
+    import collections
+    import traceback
+
+    import torch
+
+    by_line, seen = collections.Counter(), set()
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            ours = [f for f in traceback.extract_stack()[:-1] if "recbole_hydra" in f.filename]
+            where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "other"
+            by_line[where] += storage.nbytes() / 2**20
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.calculate_loss(batch)
+    return sum(by_line.values()), by_line.most_common(top)
+
+
 def memory_worker(spec):
     """The training memory of one row, in this fresh process (``--memory``)."""
     import torch
@@ -130,8 +154,11 @@ def memory_worker(spec):
     harness.reset_peak_rss()
     trainer._train_epoch(batches, 0, show_progress=False)
     peak = harness.peak_rss_mb()
+    saved_mb, saved_lines = saved_by_line(model, batches[0])  # after the peak: not in it
     harness.emit(
         {
+            "saved_mb": saved_mb,
+            "saved_by_line": saved_lines,
             "before_mb": before,
             "peak_mb": peak,
             "train_mb": peak - before,
@@ -306,6 +333,17 @@ def write_report(args):
         ]
         head = ["row", "params", "steps", "RSS before MB", "peak MB", "training adds MB"]
         lines += harness.table([*head, f"adds / {base}"], cells, "lrrrrrr") + [""]
+        saved = {n: m for n, m in call["rows"].items() if "saved_mb" in m}
+        if saved:
+            lines += [
+                "Saved for backward by one training forward (each storage once), and the lines "
+                "of the package that saved the most, MiB:",
+                "",
+            ]
+            for name, m in saved.items():
+                where = ", ".join(f"`{line}` {mb:.0f}" for line, mb in m["saved_by_line"])
+                lines.append(f"- {name}: {m['saved_mb']:.0f} in all; {where}")
+            lines.append("")
     harness.write_report(report_path(args, "md"), lines)
     if rows:
         hydra = {n for n in names if by_row[n][0].get("model") == "Hydra"}

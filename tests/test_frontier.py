@@ -237,11 +237,17 @@ def test_training_memory_grows_with_the_batch_and_leaves_out_the_data(
     # 64 times the windows per step: activations of 512 x 50 x 64 floats are 6.5 MB each
     assert large["train_mb"] > small["train_mb"] + 20
     assert large["params"] == small["params"]
+    # what autograd keeps is alive at once at the peak, on top of the RSS before
+    assert small["saved_mb"] > 0 and large["saved_mb"] > 20 * small["saved_mb"]
+    assert large["saved_mb"] < large["train_mb"]
+    assert sum(mb for _, mb in large["saved_by_line"]) <= large["saved_mb"] + 1e-9
+    assert all(line.split(":")[0].endswith(".py") for line, _ in large["saved_by_line"])
     report = (out / "cost-frontier-ml-100k-slice-50.md").read_text()
     section = report.split("## Training memory, call 1")[1]
     line = next(x for x in section.splitlines() if x.startswith("| batch-512 |"))
     ratio = large["train_mb"] / small["train_mb"]
     assert line.rstrip(" |").endswith(f"{ratio:.2f}")  # over the first row: no HSTU in the call
+    assert f"- batch-512: {large['saved_mb']:.0f} in all; `" in section
 
 
 def test_memory_needs_known_rows(script, tmp_path, capsys):
