@@ -30,8 +30,9 @@ the whole-process peak a poor judge of a model's memory. The process runs with g
 threshold fixed (``MALLOC_ENV``) so that a freed activation leaves the RSS at once. Calls are
 stored in ``benchmarks/results/frontier/<dataset>-<length>-memory.json``.
 
-Rows that differ only in ``chunk_size`` compute the same function (the SSD's chunk length is a
-speed knob): they need a timing, not a training run, and take their base row's quality.
+Rows that differ only in ``chunk_size`` or ``layer_checkpointing`` compute the same function (the
+SSD's chunk length and recomputing each layer in backward trade speed and memory, not results):
+they need a timing, not a training run, and take their base row's quality.
 """
 
 import argparse
@@ -52,6 +53,7 @@ SUITES = ("leaderboard", "ablations", "frontier")  # where quality is read, firs
 SPEED_ONLY = {
     **{f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)},
     **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
+    **{f"{base}-ckpt": (base, {"layer_checkpointing": True}) for base in ("Hydra", "shared-bc")},
 }
 #: glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), and blocks
 #: under the threshold come from the heap, which keeps freed memory resident: a peak would then
@@ -117,32 +119,9 @@ def time_worker(spec):
     harness.emit({"rounds": rounds, "params": params, "threads": torch.get_num_threads()})
 
 
-def saved_by_line(model, batch, top=8):
-    """What autograd keeps for backward in one training forward of ``model`` on ``batch``: the
-    total MiB (each storage once) and the ``top`` lines of the package that saved the most."""
-    import collections
-    import traceback
-
-    import torch
-
-    by_line, seen = collections.Counter(), set()
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            ours = [f for f in traceback.extract_stack()[:-1] if "recbole_hydra" in f.filename]
-            where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "other"
-            by_line[where] += storage.nbytes() / 2**20
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.calculate_loss(batch)
-    return sum(by_line.values()), by_line.most_common(top)
-
-
 def memory_worker(spec):
     """The training memory of one row, in this fresh process (``--memory``)."""
+    import saved_memory  # benchmarks/saved_memory.py: it imports torch
     import torch
 
     from recbole_hydra.layers import kernels
@@ -154,11 +133,14 @@ def memory_worker(spec):
     harness.reset_peak_rss()
     trainer._train_epoch(batches, 0, show_progress=False)
     peak = harness.peak_rss_mb()
-    saved_mb, saved_lines = saved_by_line(model, batches[0])  # after the peak: not in it
+    saved = saved_memory.saved_by_line(model, batches[0])  # after the peak: not in it
     harness.emit(
         {
-            "saved_mb": saved_mb,
-            "saved_by_line": saved_lines,
+            "saved_mb": sum(saved.values()) / 2**20,
+            "saved_by_line": [
+                (line.split("`")[1] if "`" in line else line, n / 2**20)
+                for line, n in saved.most_common(8)
+            ],
             "before_mb": before,
             "peak_mb": peak,
             "train_mb": peak - before,
