@@ -318,8 +318,8 @@ def write_report(args):
         saved = {n: m for n, m in call["rows"].items() if "saved_mb" in m}
         if saved:
             lines += [
-                "Saved for backward by one training forward (each storage once), and the lines "
-                "of the package that saved the most, MiB:",
+                "Saved for backward by one training forward (each storage once, parameters left "
+                "out), and the source lines (`saved_memory.py`) that saved the most, MiB:",
                 "",
             ]
             for name, m in saved.items():
