@@ -203,6 +203,11 @@ def memory_path(args):
     return Path(args.out) / "frontier" / f"{args.dataset}-{args.length}-memory.json"
 
 
+def load_calls(path):
+    """The calls stored at ``path``, oldest first (none before the first call)."""
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def latest_timings(calls):
     """Each row's median train and eval seconds from the latest call that timed it."""
     out = {}
@@ -220,10 +225,9 @@ def latest_timings(calls):
 
 
 def write_report(args):
-    path = times_path(args)
-    calls = json.loads(path.read_text()) if path.exists() else []
+    calls = load_calls(times_path(args))
     timed = latest_timings(calls)
-    memory_calls = json.loads(memory_path(args).read_text()) if memory_path(args).exists() else []
+    memory_calls = load_calls(memory_path(args))
     trained_mb = {n: m["train_mb"] for call in memory_calls for n, m in call["rows"].items()}
     by_row = quality(args, timed)
     lines = harness.header(
@@ -373,7 +377,7 @@ def row_specs(args, parser, names_csv, least, why):
 def append_call(path, result):
     """Store one call's ``result`` with the command and hardware, after the earlier calls."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    calls = json.loads(path.read_text()) if path.exists() else []
+    calls = load_calls(path)
     calls.append({**result, "command": harness.command(), "hardware": harness.machine()})
     path.write_text(json.dumps(calls, indent=1))
 
@@ -436,8 +440,7 @@ def main(argv=None):
             log = Path(args.workdir) / f"{args.dataset}-{args.length}-memory-{name}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"training memory of {name}: {args.steps} steps (log {log})", flush=True)
-            spec = {"dataset": args.dataset, "model": model, "config": config}
-            spec["steps"] = args.steps
+            spec = {"dataset": args.dataset, "model": model, "config": config, "steps": args.steps}
             argv = [os.path.abspath(__file__), "--memory_worker", json.dumps(spec)]
             done = harness.run_fresh(argv, env=MALLOC_ENV, cwd=log.parent, stderr_path=log)
             if not done.ok:
