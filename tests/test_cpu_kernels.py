@@ -206,10 +206,25 @@ def test_swiglu_kernel_equals_pytorch_ops_both_directions(module):
     )
 
 
-def test_hydra_layer_under_cpu_bf16_autocast_runs_as_without_kernels(module):
-    """RecBole's ``enable_amp`` on the CPU is bfloat16 autocast: the products inside the kernels'
-    autograd functions come out in bfloat16, which the SwiGLU kernel does not take, so it steps
-    aside (found by benchmarks/gpu_check.py's dry run)."""
+def _backward_nodes(tensor):
+    """The names of every autograd node that ``tensor``'s graph holds."""
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_hydra_layer_under_cpu_bf16_autocast_uses_the_kernels_in_float32(module):
+    """RecBole's ``enable_amp`` on the CPU is bfloat16 autocast. The conv and gated-norm kernels
+    take autocast's bfloat16 products in float32 and run inside it (before, they stepped aside
+    for PyTorch ops in bfloat16); the SwiGLU kernel, whose products are its own, steps aside.
+    Both paths give the same output and gradients to bfloat16's precision, and every parameter
+    gets a gradient."""
     torch.manual_seed(0)
     layer = HydraLayer(16, 2, 8, 16, d_state=8, chunk_size=4)
     x = torch.randn(2, 9, 16)
@@ -218,10 +233,37 @@ def test_hydra_layer_under_cpu_bf16_autocast_runs_as_without_kernels(module):
         layer.zero_grad()
         with kernels.use(use_kernels), torch.autocast("cpu", dtype=torch.bfloat16):
             out = layer(x)
+        nodes = _backward_nodes(out)
+        kernel_nodes = {"_CausalConvSiLUCpuBackward", "_GatedRMSNormCpuBackward"}
+        assert (kernel_nodes <= nodes) == use_kernels, nodes
+        assert "_SwiGLUCpuBackward" not in nodes
         out.float().sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
         results.append([out] + [p.grad for p in layer.parameters()])
     for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=2e-2, atol=2e-2)
+
+
+def test_kernels_under_autocast_compute_in_float32(module):
+    """Under autocast a kernel's bfloat16 input is taken in float32, and its result is the
+    float32 kernel's on that input: nothing is rounded to bfloat16 inside it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 30, 3, 8).bfloat16().requires_grad_()
+    weight, bias = torch.randn(3, 8, 4), torch.randn(3, 8)
+    z = torch.randn(2, 30, 24).bfloat16()
+    norm = GatedRMSNorm(24, group_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv = causal_conv_silu(x, weight, bias)
+        normed = norm(conv.flatten(-2), z)
+    assert conv.dtype == normed.dtype == torch.float32
+    x32 = x.detach().float().requires_grad_()
+    conv32 = causal_conv_silu(x32, weight, bias)
+    torch.testing.assert_close(conv, conv32, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(normed, norm(conv32.flatten(-2), z.float()), rtol=1e-6, atol=1e-6)
+    conv.sum().backward()
+    conv32.sum().backward()
+    assert x.grad.dtype == torch.bfloat16  # autograd hands each input a gradient of its dtype
+    torch.testing.assert_close(x.grad, x32.grad.bfloat16())
 
 
 def test_gated_norm_and_swiglu_kernels_keep_less_for_backward(module):
@@ -279,6 +321,8 @@ def test_kernels_off_by_switch_environment_or_dtype(monkeypatch, module):
     finally:
         kernels.set_enabled(True)
     assert kernels.cpu_kernels(torch.zeros(1, dtype=torch.bfloat16)) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # taken in float32 then
+        assert kernels.cpu_kernels(torch.zeros(1, dtype=torch.bfloat16)) is not None
     monkeypatch.setenv("RECBOLE_HYDRA_CPU_KERNELS", "0")
     kernels._build.cache_clear()
     try:

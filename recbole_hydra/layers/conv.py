@@ -83,6 +83,7 @@ class _CausalConvSiLUCpu(torch.autograd.Function):
     backward (the pre-activations are recomputed there). ``kernels_module``: the compiled module."""
 
     @staticmethod
+    @kernels.float32_under_autocast
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, kernels_module) -> Tensor:
         lead = x.shape[:2]
         x4 = x if x.dim() == 4 else x.reshape(*lead, 1, -1)  # (b, l, groups, channels)
@@ -97,6 +98,7 @@ class _CausalConvSiLUCpu(torch.autograd.Function):
         return kernels_module.causal_conv_silu_forward(x4, weight_kc, bias4).view(x.shape)
 
     @staticmethod
+    @kernels.backward_under_autocast
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x4, weight_kc, bias4 = ctx.saved_tensors

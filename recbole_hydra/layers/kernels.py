@@ -222,11 +222,21 @@ def _build():
 
 def cpu_kernels(tensor: Tensor):
     """The compiled CPU kernels module when kernels are enabled and ``tensor`` is a float32 or
-    float64 CPU tensor; else (or when they cannot be built) ``None``."""
-    if (
-        not _enabled
-        or tensor.device.type != "cpu"
-        or tensor.dtype not in (torch.float32, torch.float64)
+    float64 CPU tensor, or a bfloat16 one under CPU autocast (the kernels' autograd functions
+    take it in float32: ``float32_under_autocast``); else (or when they cannot be built)
+    ``None``."""
+    if not _enabled or tensor.device.type != "cpu":
+        return None
+    if tensor.dtype not in (torch.float32, torch.float64) and not (
+        tensor.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     ):
         return None
     return _build()
+
+
+#: for the ``forward`` / ``backward`` of a CPU kernel's autograd function: under CPU autocast
+#: (RecBole's ``enable_amp``) its floating inputs arrive in float32 and it runs with autocast
+#: off, so that the products around it run in bfloat16 while the kernel keeps its float32
+#: arithmetic; without autocast they change nothing
+float32_under_autocast = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+backward_under_autocast = torch.amp.custom_bwd(device_type="cpu")

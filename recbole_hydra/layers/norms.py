@@ -56,7 +56,9 @@ class GatedRMSNorm(nn.Module):
         elements in the same order (e.g. ``(..., heads, channels per head)``, so that a strided
         column slice needs no copy)."""
         module = kernels.cpu_kernels(x) if z is not None else None
-        if module is not None and z.dtype == x.dtype == self.weight.dtype:
+        # under CPU autocast the kernel takes every input in float32 (float32_under_autocast)
+        same_dtype = z is not None and z.dtype == x.dtype == self.weight.dtype
+        if module is not None and (same_dtype or torch.is_autocast_enabled("cpu")):
             return _GatedRMSNormCpu.apply(x, z, self.weight, self.group_size, self.eps, module)
         if z is not None:
             x = x * F.silu(z.reshape(x.shape))
@@ -75,6 +77,7 @@ class _GatedRMSNormCpu(torch.autograd.Function):
     tensors of x's size (x, z, SiLU(z), the gated x, the normalised x)."""
 
     @staticmethod
+    @kernels.float32_under_autocast
     def forward(
         ctx, x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float, kernels_module
     ) -> Tensor:
@@ -87,6 +90,7 @@ class _GatedRMSNormCpu(torch.autograd.Function):
         return out.view(x.shape)
 
     @staticmethod
+    @kernels.backward_under_autocast
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x3, z3, weight, inv_rms = ctx.saved_tensors
