@@ -349,11 +349,40 @@ def plot(names, points, on_front, timed, hydra, args):
             colour = "C0" if name in hydra else "C3"
             face = colour if name in timed else "none"
             ax.scatter(*xy[i], s=30, edgecolors=colour, facecolors=face, zorder=2)
-            ax.annotate(name, xy[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.autoscale_view()
+        in_points = ax.transData.transform(xy) * 72 / fig.dpi
+        for i, lift in enumerate(label_lifts(in_points, names)):
+            leader = {"arrowprops": {"arrowstyle": "-", "lw": 0.4, "color": "0.6"}} if lift else {}
+            ax.annotate(
+                names[i],
+                xy[i],
+                fontsize=6,
+                xytext=(3, 3 + lift),
+                textcoords="offset points",
+                **leader,  # a lifted label's line back to its point
+            )
         ax.set_xlabel("training s / epoch (filled: paired median; hollow: its runs, not paired)")
         ax.set_ylabel(f"test NDCG@10, {protocol}")
         ax.set_title(f"{args.dataset}, length {args.length}, {protocol} (blue: Hydra)")
     harness.save_png(fig, report_path(args, "png"))
+
+
+def label_lifts(points, names, char_width=3.3, height=7.0):
+    """Label offsets upwards (typographic points) so that no two labels overlap: each label,
+    taken bottom to top, rises above every earlier one whose box it would cross. ``points``: the
+    points' positions in typographic points; a label's box starts at its point and is
+    ``char_width`` per character wide and ``height`` high (a 6-point font)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0]))
+    placed, lifts = [], [0.0] * len(points)  # (left, right, bottom) of each placed label
+    for i in order:
+        x, y = points[i]
+        right, lift = x + char_width * len(names[i]), 0.0
+        for left, other_right, bottom in sorted(placed, key=lambda box: box[2]):
+            if left < right and x < other_right and abs(y + lift - bottom) < height:
+                lift = bottom + height - y
+        placed.append((x, right, y + lift))
+        lifts[i] = lift
+    return lifts
 
 
 def row_specs(args, parser, names_csv, least, why):

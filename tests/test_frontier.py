@@ -24,6 +24,24 @@ def test_the_frontier_holds_exactly_the_points_nothing_beats(script):
     assert frontier.pareto([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]  # equal points both stay
 
 
+def test_plot_labels_are_lifted_apart_and_lone_ones_stay(script):
+    frontier = script("frontier")
+    rng = random.Random(1)
+    points = [(rng.uniform(0, 60), rng.uniform(0, 30)) for _ in range(30)]  # crowded on purpose
+    names = [f"row-{i}" * (1 + i % 3) for i in range(len(points))]
+    lifts = frontier.label_lifts(points, names)
+    boxes = [
+        (x, x + 3.3 * len(n), y + lift, y + lift + 7.0)
+        for (x, y), n, lift in zip(points, names, lifts)
+    ]
+    for i, (l1, r1, b1, t1) in enumerate(boxes):  # brute force: every pair of label boxes
+        for l2, r2, b2, t2 in boxes[i + 1 :]:
+            eps = 1e-9  # boxes that touch, to rounding, do not overlap
+            assert not (l1 < r2 and l2 < r1 and b1 < t2 - eps and b2 < t1 - eps)
+    assert all(lift >= 0 for lift in lifts) and any(lifts)
+    assert frontier.label_lifts([(0, 0), (500, 0)], ["a", "b"]) == [0.0, 0.0]
+
+
 def test_paired_rounds_rotate_the_order_and_time_every_row(script, tmp_path, capsys):
     frontier = script("frontier")
     path = ml100k_slice(tmp_path)
