@@ -55,6 +55,13 @@ SPEED_ONLY = {
     **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
     **{f"{base}-ckpt": (base, {"layer_checkpointing": True}) for base in ("Hydra", "shared-bc")},
 }
+#: timing-only rows whose arithmetic differs from their base row's, so with no quality of theirs:
+#: bfloat16 autocast (RecBole's enable_amp), the products in bfloat16, the kernels in float32
+BF16 = {
+    "HSTU-bf16": ("HSTU", {"enable_amp": True}),
+    "bf16": ("Hydra", {"enable_amp": True}),
+    "shared-bc-bf16": ("shared-bc", {"enable_amp": True}),
+}
 #: glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), and blocks
 #: under the threshold come from the heap, which keeps freed memory resident: a peak would then
 #: count the allocator's leftovers. A fixed threshold gives every tensor above it a mapping of
@@ -70,7 +77,7 @@ def all_rows(args):
         suite_args = argparse.Namespace(**{**vars(args), "suite": suite})
         for name, row in leaderboard.suite_rows(suite_args).items():
             rows.setdefault(name, row)
-    for name, (base, keys) in SPEED_ONLY.items():
+    for name, (base, keys) in {**SPEED_ONLY, **BF16}.items():
         model, config, tuned = rows[base]
         rows[name] = (model, {**config, **keys}, tuned)
     return rows

@@ -74,8 +74,6 @@ VARIANTS = {
     "Hydra-dot": ("Hydra", {"similarity": "dot", "temperature": 1.0}),
     "HSTU": ("HSTU", {}),
     "HSTU-next": ("HSTU", {"time_query": "next"}),
-    # RecBole's enable_amp: bfloat16 autocast on the CPU as on CUDA (the frontier's bf16 rows)
-    "HSTU-bf16": ("HSTU", {"enable_amp": True}),
     "SASRec+": ("SASRecGen", {"loss_type": "CE"}),
     "SASRec+-dot": ("SASRecGen", {"loss_type": "CE", "similarity": "dot", "temperature": 1.0}),
     "SASRecGen": ("SASRecGen", {}),
@@ -112,9 +110,6 @@ FRONTIER = {
     # one B and one C for all heads: the conv's channels per token 384 -> 192 at the default sizes
     "shared-bc": ("Hydra", {"share_bc": True}),
     "layers-1-shared-bc": ("Hydra", {"n_layers": 1, "share_bc": True}),
-    # bfloat16 autocast (RecBole's enable_amp): the products in bfloat16, the kernels in float32
-    "bf16": ("Hydra", {"enable_amp": True}),
-    "shared-bc-bf16": ("Hydra", {"share_bc": True, "enable_amp": True}),
     "CE-dot-layers-1-shared-bc": (
         "Hydra",
         {**VARIANTS["Hydra-CE-dot"][1], "n_layers": 1, "share_bc": True},

@@ -57,8 +57,9 @@ class GatedRMSNorm(nn.Module):
         column slice needs no copy)."""
         module = kernels.cpu_kernels(x) if z is not None else None
         # under CPU autocast the kernel takes every input in float32 (float32_under_autocast)
-        same_dtype = z is not None and z.dtype == x.dtype == self.weight.dtype
-        if module is not None and (same_dtype or torch.is_autocast_enabled("cpu")):
+        if module is not None and (
+            z.dtype == x.dtype == self.weight.dtype or torch.is_autocast_enabled("cpu")
+        ):
             return _GatedRMSNormCpu.apply(x, z, self.weight, self.group_size, self.eps, module)
         if z is not None:
             x = x * F.silu(z.reshape(x.shape))
