@@ -331,6 +331,9 @@ def test_ctrl_c_names_the_checkpoint_and_the_run_resumes_from_it(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell starts a background job with SIGINT ignored, and Python then never turns it
+        # into KeyboardInterrupt: the child gets the default back, as a terminal's Ctrl-C has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     while proc.poll() is None and not list(saved.glob("*.pth")):
         time.sleep(0.2)  # until the first epoch's state is written
