@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontier import _build  # noqa: E402  (benchmarks/frontier.py)
+from frontier import _build, rotated  # noqa: E402  (benchmarks/frontier.py)
 
 from recbole_hydra.layers import kernels  # noqa: E402
 
@@ -38,8 +38,7 @@ def main(rounds=5, steps=10, data_path=DATA):
     trainer._train_epoch(batches[:2], 0, show_progress=False)  # warm-up
     seconds = {name: [] for name in CASES}
     for r in range(rounds):
-        names = list(CASES)[r % 3 :] + list(CASES)[: r % 3]
-        for name in names:
+        for name in rotated(list(CASES), r):
             trainer.enable_amp, use_kernels = CASES[name]
             with kernels.use(use_kernels):
                 t0 = time.perf_counter()

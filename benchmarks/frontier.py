@@ -96,6 +96,13 @@ def _build(model_name, dataset, config_dict):
     return model, get_trainer(config)(config, model), train, valid
 
 
+def rotated(names, r):
+    """``names`` started at position ``r`` (mod its length): round r's order, so that each name
+    comes first in turn and none always runs after the same neighbour."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def time_worker(spec):
     """The paired rounds of one ``--time`` call, in this process."""
     import torch
@@ -110,7 +117,7 @@ def time_worker(spec):
     names = list(built)
     rounds = []
     for r in range(spec["rounds"]):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = rotated(names, r)
         timed = {}
         for name in order:
             model, trainer, train, valid = built[name]

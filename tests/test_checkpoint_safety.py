@@ -325,7 +325,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_run_resumes_from_it(tmp_path):
     ]
     command = [sys.executable, str(REPO / "run_hydra.py")]
     proc = subprocess.Popen(
-        # no early stopping: on 30 users it could end the run before the signal arrives
+        # no early stopping: the run lasts until the signal, however slowly this machine runs
         command + flags + ["--epochs=100000", "--stopping_step=100000"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
