@@ -30,9 +30,10 @@ the whole-process peak a poor judge of a model's memory. The process runs with g
 threshold fixed (``MALLOC_ENV``) so that a freed activation leaves the RSS at once. Calls are
 stored in ``benchmarks/results/frontier/<dataset>-<length>-memory.json``.
 
-Rows that differ only in ``chunk_size`` or ``layer_checkpointing`` compute the same function (the
-SSD's chunk length and recomputing each layer in backward trade speed and memory, not results):
-they need a timing, not a training run, and take their base row's quality.
+Rows that differ only in ``chunk_size``, ``layer_checkpointing`` or ``checkpoint_slices`` compute
+the same function (the SSD's chunk length and recomputing each layer in backward, whole or in
+slices of sequences, trade speed and memory, not results): they need a timing, not a training
+run, and take their base row's quality.
 """
 
 import argparse
@@ -54,6 +55,11 @@ SPEED_ONLY = {
     **{f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)},
     **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
     **{f"{base}-ckpt": (base, {"layer_checkpointing": True}) for base in ("Hydra", "shared-bc")},
+    # the batch recomputed in 4 slices of sequences, one at a time
+    **{
+        f"{base}-ckpt-4": (base, {"layer_checkpointing": True, "checkpoint_slices": 4})
+        for base in ("Hydra", "shared-bc", "one-mamba2")
+    },
 }
 #: timing-only rows whose arithmetic differs from their base row's, so with no quality of theirs:
 #: bfloat16 autocast (RecBole's enable_amp), the products in bfloat16, the kernels in float32

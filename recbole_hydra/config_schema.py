@@ -146,6 +146,7 @@ _HYDRA = {
     "gate_with_z": Key(bool),
     "norm_placement": Key(str, choices=NORM_PLACEMENTS),
     "layer_checkpointing": Key(bool),
+    "checkpoint_slices": _positive_int(),
     "item_model": Key(str, choices=ITEM_MODELS),
     **_ITEM_LLM,
 }

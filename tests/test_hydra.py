@@ -1,5 +1,7 @@
 """What is particular to Hydra; the contract every model keeps is in test_model_contract.py."""
 
+import weakref
+
 import pytest
 import torch
 from recbole.data.interaction import Interaction
@@ -81,6 +83,62 @@ def test_layer_checkpointing_same_loss_and_gradients_less_kept(tmp_path):
     for g_ckpt, g in zip(grads_ckpt, grads):
         torch.testing.assert_close(g_ckpt, g, rtol=1e-10, atol=1e-12)
     assert kept_ckpt < kept / 2, (kept_ckpt, kept)
+
+
+def test_checkpoint_slices_same_result_one_slice_recomputed_at_a_time(tmp_path):
+    """``checkpoint_slices`` checkpoints each slice of sequences on its own: the same loss and
+    gradients as one slice, and in backward each slice's recomputed activations are freed before
+    the next slice is recomputed, so the most alive at once is one slice's."""
+    model, train, _, _ = build_model(
+        tmp_path, "Hydra", **{**SMALL_HYDRA, "dropout_prob": 0.3, "layer_checkpointing": True}
+    )
+    model = model.double().train()
+    batch = next(iter(train))
+    assert len(batch) >= 8
+    recomputed = []  # (weak reference, bytes) of each latent Mamba output made in backward
+    in_backward = [False]
+    peak = [0]
+
+    def record(module, inputs, output):
+        if in_backward[0]:
+            recomputed.append((weakref.ref(output), output.untyped_storage().nbytes()))
+            alive = sum(size for ref, size in recomputed if ref() is not None)
+            peak[0] = max(peak[0], alive)
+
+    model.layers[0].latent_mamba.register_forward_hook(record)
+    results = []
+    for slices in (1, 4):
+        model.checkpoint_slices = slices
+        model.zero_grad()
+        recomputed.clear()
+        peak[0] = 0
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        in_backward[0] = True
+        loss.backward()
+        in_backward[0] = False
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.detach(), grads, len(recomputed), peak[0]))
+    (loss, grads, n_whole, peak_whole), (loss_4, grads_4, n_sliced, peak_sliced) = results
+    torch.testing.assert_close(loss_4, loss, rtol=1e-12, atol=1e-12)
+    for g_4, g in zip(grads_4, grads):
+        torch.testing.assert_close(g_4, g, rtol=1e-10, atol=1e-12)
+    assert (n_whole, n_sliced) == (1, 4)
+    assert peak_sliced <= peak_whole / 2, (peak_sliced, peak_whole)
+
+
+def test_saved_activations_detector_sees_what_autograd_keeps(tmp_path):
+    """The weak references of the test above do see a kept activation: without checkpointing,
+    every latent Mamba output of the forward is still alive (saved) until backward."""
+    model, train, _, _ = build_model(tmp_path, "Hydra", **SMALL_HYDRA)
+    outputs = []
+    model.layers[0].latent_mamba.register_forward_hook(
+        lambda module, inputs, output: outputs.append(weakref.ref(output))
+    )
+    loss = model.train().calculate_loss(next(iter(train)))
+    assert outputs and all(ref() is not None for ref in outputs)
+    del loss
+    assert all(ref() is None for ref in outputs)
 
 
 ABLATIONS = [

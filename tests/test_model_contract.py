@@ -91,7 +91,11 @@ CASES = [
             + [(dict(norm_placement="sandwich"), "norm_placement must be one of pre, post")]
         ),
     ),
-    Case("Hydra-layer_checkpointing", "Hydra", {**SMALL_HYDRA, "layer_checkpointing": True}),
+    Case(
+        "Hydra-layer_checkpointing",
+        "Hydra",
+        {**SMALL_HYDRA, "layer_checkpointing": True, "checkpoint_slices": 3},
+    ),
     Case("Hydra-CE-dot", "Hydra", {**SMALL_HYDRA, **CE_DOT}),
     Case("Hydra-prefix", "Hydra", {**SMALL_HYDRA, "train_mode": "prefix"}),
     Case("Hydra-seen-negatives", "Hydra", {**SMALL_HYDRA, "seen_item_negatives": True}),

@@ -36,6 +36,10 @@ class Hydra(GenerativeSequentialRecommender):
     ``layer_checkpointing: True`` keeps only each layer's input for backward and recomputes the
     layer there (``torch.utils.checkpoint``): the activations kept while training shrink to one
     ``(batch, length, hidden_size)`` tensor per layer, for one more forward pass of every layer.
+    ``checkpoint_slices: k`` cuts the batch into ``k`` slices of sequences, each checkpointed on
+    its own: a layer mixes nothing across sequences, so the result is the same, and backward
+    recomputes, uses and frees one slice's activations at a time, so the peak while a layer is
+    recomputed is about one slice's rather than the whole batch's.
     """
 
     def __init__(self, config, dataset):
@@ -52,6 +56,7 @@ class Hydra(GenerativeSequentialRecommender):
         if self.item_model == "embedding":
             self.item_embedding = nn.Embedding(self.n_items, hidden_size, padding_idx=0)
         self.layer_checkpointing = config["layer_checkpointing"]
+        self.checkpoint_slices = config["checkpoint_slices"]
         self.emb_dropout = nn.Dropout(config["dropout_prob"])
         self.emb_norm = RMSNorm(hidden_size)
         self.layers = nn.ModuleList(
@@ -108,7 +113,13 @@ class Hydra(GenerativeSequentialRecommender):
         h = self._embed(item_seq)
         recompute = self.layer_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            h = checkpoint(layer, h, use_reentrant=False) if recompute else layer(h)
+            if recompute:
+                # Autograd runs the slices' backward one after another (the last slice's nodes
+                # are the newest), so only one slice's recomputed activations live at a time.
+                slices = h.chunk(self.checkpoint_slices)
+                h = torch.cat([checkpoint(layer, part, use_reentrant=False) for part in slices])
+            else:
+                h = layer(h)
         return h
 
     def _last_hidden(self, interaction):
