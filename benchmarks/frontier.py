@@ -54,8 +54,11 @@ SUITES = ("leaderboard", "ablations", "frontier")  # where quality is read, firs
 SPEED_ONLY = {
     **{f"chunk-{c}": ("Hydra", {"chunk_size": c}) for c in (16, 25, 32, 100)},
     **{f"layers-1-chunk-{c}": ("layers-1", {"chunk_size": c}) for c in (25, 32)},
-    **{f"{base}-ckpt": (base, {"layer_checkpointing": True}) for base in ("Hydra", "shared-bc")},
-    # the batch recomputed in 4 slices of sequences, one at a time
+    # each layer recomputed for the whole batch at once, and in 4 slices of sequences
+    **{
+        f"{base}-ckpt": (base, {"layer_checkpointing": True, "checkpoint_slices": 1})
+        for base in ("Hydra", "shared-bc")
+    },
     **{
         f"{base}-ckpt-4": (base, {"layer_checkpointing": True, "checkpoint_slices": 4})
         for base in ("Hydra", "shared-bc", "one-mamba2")
