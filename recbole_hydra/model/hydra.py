@@ -37,10 +37,10 @@ class Hydra(GenerativeSequentialRecommender):
     layer there (``torch.utils.checkpoint``): the activations kept while training shrink to one
     ``(batch, length, hidden_size)`` tensor per layer, for one more forward pass of every layer.
     ``checkpoint_slices: k`` cuts the batch into ``k`` slices of sequences, each checkpointed on
-    its own: a layer mixes nothing across sequences, so the result is the same (up to the
-    dropout draws of ``hidden_dropout_prob``, drawn per slice), and backward
-    recomputes, uses and frees one slice's activations at a time, so the peak while a layer is
-    recomputed is about one slice's rather than the whole batch's.
+    its own: a layer mixes nothing across sequences, so the result is the same (up to the dropout
+    draws of ``hidden_dropout_prob``, drawn per slice), and backward recomputes, uses and frees
+    one slice's activations at a time, so the peak while a layer is recomputed is about one
+    slice's rather than the whole batch's.
     """
 
     def __init__(self, config, dataset):
